@@ -1,0 +1,41 @@
+# The README's commands. `make serve` and `make test` are the whole set-up on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODELS ?= models
+
+.PHONY: install serve test lint examples bench clean
+
+install: $(STAMP)
+
+# Re-install only when the project's dependency list changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/pip install --quiet -e ".[export,loadtest,baseline]" --group dev
+	touch $(STAMP)
+
+# Export the built-in examples once; a later `make serve` reuses them.
+$(MODELS)/.examples: | $(STAMP)
+	$(BIN)/python -m export examples --out $(MODELS)
+	touch $@
+
+examples: $(MODELS)/.examples
+
+serve: $(STAMP) $(MODELS)/.examples
+	$(BIN)/python -m serve --model-dir $(MODELS) --host 127.0.0.1 --port 8000
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP) $(MODELS)/.examples
+	$(BIN)/python -m loadtest bench --model-dir $(MODELS)
+
+clean:
+	rm -rf $(VENV) $(MODELS)

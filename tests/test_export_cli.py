@@ -1,0 +1,199 @@
+"""The export command line on the user's own data: train, pipeline, refusals, versions."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.linear_model import LinearRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from export.__main__ import cli
+from export.repository import publish, versions
+
+
+@pytest.fixture(scope="module")
+def penguins_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from palmerpenguins import load_penguins
+
+    path = tmp_path_factory.mktemp("data") / "penguins.csv"
+    load_penguins().to_csv(path, index=False)
+    return path
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_train_on_a_csv_cross_validates_and_publishes(penguins_csv: Path, tmp_path: Path) -> None:
+    code, output = invoke(
+        "train",
+        str(penguins_csv),
+        "--target",
+        "body_mass_g",
+        "--estimator",
+        "ridge",
+        "--grid",
+        "--name",
+        "mass",
+        "--out",
+        str(tmp_path),
+    )
+    assert code == 0, output
+    card = json.loads((tmp_path / "mass" / "1" / "model.json").read_text())
+    assert card["task"] == "regression"
+    assert card["search"]["candidates"] == 3
+    assert set(card["metrics"]["cv"]) == {"folds", "r2", "mean_absolute_error"}
+    assert card["metrics"]["cv"]["r2"]["mean"] > 0.5
+    assert "grid search: 3 candidates x 5 folds" in output
+    kinds = {feature["name"]: feature["kind"] for feature in card["features"]}
+    assert kinds["species"] == "categorical" and kinds["year"] == "numeric"
+
+
+def test_train_classifier_with_string_target(penguins_csv: Path, tmp_path: Path) -> None:
+    code, output = invoke(
+        "train",
+        str(penguins_csv),
+        "--target",
+        "species",
+        "--estimator",
+        "gbm",
+        "--name",
+        "species",
+        "--folds",
+        "3",
+        "--out",
+        str(tmp_path),
+    )
+    assert code == 0, output
+    card = json.loads((tmp_path / "species" / "1" / "model.json").read_text())
+    assert card["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+    assert card["parity"]["label_mismatches"] == 0
+
+
+def test_train_refuses_an_estimator_that_does_not_fit_the_task(penguins_csv: Path, tmp_path: Path) -> None:
+    code, output = invoke(
+        "train",
+        str(penguins_csv),
+        "--target",
+        "species",
+        "--estimator",
+        "linear",
+        "--name",
+        "x",
+        "--out",
+        str(tmp_path),
+    )
+    assert code == 2
+    assert "estimator 'linear' does not do classification" in output
+
+
+def test_pipeline_command_publishes_a_saved_pipeline(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x1": rng.normal(size=50), "x2": rng.normal(size=50)})
+    target = 3 * frame["x1"] - frame["x2"] + 1
+    model = Pipeline([("regress", LinearRegression())]).fit(frame.astype(np.float32), target)
+    joblib.dump(model, tmp_path / "model.joblib")
+    frame.assign(y=target).to_csv(tmp_path / "sample.csv", index=False)
+    code, output = invoke(
+        "pipeline",
+        str(tmp_path / "model.joblib"),
+        "--sample",
+        str(tmp_path / "sample.csv"),
+        "--target",
+        "y",
+        "--name",
+        "linear",
+        "--out",
+        str(tmp_path / "models"),
+    )
+    assert code == 0, output
+    card = json.loads((tmp_path / "models" / "linear" / "1" / "model.json").read_text())
+    assert [feature["name"] for feature in card["features"]] == ["x1", "x2"]
+    assert [feature["accepts_missing"] for feature in card["features"]] == [False, False]
+    assert card["metrics"]["sample"]["score"] > 0.999
+
+
+def test_unconvertible_step_is_named_and_nothing_is_written(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"x": np.arange(1, 21, dtype=np.float32)})
+    model = Pipeline([("log", FunctionTransformer(np.log1p)), ("regress", LinearRegression())]).fit(
+        frame, frame["x"] * 2
+    )
+    joblib.dump(model, tmp_path / "model.joblib")
+    frame.to_csv(tmp_path / "sample.csv", index=False)
+    code, output = invoke(
+        "pipeline",
+        str(tmp_path / "model.joblib"),
+        "--sample",
+        str(tmp_path / "sample.csv"),
+        "--name",
+        "logged",
+        "--out",
+        str(tmp_path / "models"),
+    )
+    assert code == 1
+    # The user's pipeline sits behind tabserve's per-column front as step "pipeline".
+    assert "cannot convert step 'pipeline/log'" in output and "FunctionTransformer" in output
+    assert "nothing was published" in output
+    assert versions(tmp_path / "models", "logged") == []
+    assert not any((tmp_path / "models").rglob("*.onnx"))
+
+
+def test_parity_failure_names_the_output_and_row_and_writes_nothing(penguins_csv: Path, tmp_path: Path) -> None:
+    # The MLP's float32 probabilities differ from scikit-learn's by ~1e-7: a zero tolerance must refuse it.
+    code, output = invoke(
+        "train",
+        str(penguins_csv),
+        "--target",
+        "species",
+        "--estimator",
+        "mlp",
+        "--name",
+        "strict",
+        "--folds",
+        "2",
+        "--atol",
+        "0",
+        "--rtol",
+        "0",
+        "--out",
+        str(tmp_path),
+    )
+    assert code == 1, output
+    assert "parity check failed: output 'probabilities'" in output
+    assert "worst row" in output
+    assert versions(tmp_path, "strict") == []
+    assert not (tmp_path / "strict").exists() or not any((tmp_path / "strict").iterdir())
+
+
+def test_versions_increment_and_racing_exporters_get_distinct_versions(tmp_path: Path) -> None:
+    for expected in (1, 2):
+        code, output = invoke("examples", "--only", "age-weight", "--out", str(tmp_path))
+        assert code == 0, output
+        assert versions(tmp_path, "age-weight")[-1] == expected
+    card = json.loads((tmp_path / "age-weight" / "2" / "model.json").read_text())
+    assert card["version"] == 2
+
+    published: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def race() -> None:
+        barrier.wait()
+        published.append(publish(tmp_path, "raced", lambda version: {"v.txt": str(version).encode()})[0])
+
+    threads = [threading.Thread(target=race) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(published) == [1, 2, 3, 4]
+    for version in published:
+        assert (tmp_path / "raced" / str(version) / "v.txt").read_text() == str(version)
