@@ -89,7 +89,7 @@ def examples(model_dir: Path, only: tuple[str, ...]) -> None:
                 check_frame=trained.check_frame,
                 task=example.task,
                 description=example.description,
-                target=None,
+                target=trained.target,
                 metrics=trained.metrics,
                 search=trained.search,
                 progress=progress,

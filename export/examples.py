@@ -30,6 +30,8 @@ class Example:
     grids: list[dict[str, list[Any]]] = field(default_factory=list)
     test_size: float = 0.2
     folds: int = 5
+    preprocess: bool = True
+    """False: the estimator alone, as the seed article fits it (no imputer, so a missing value is an error)."""
 
 
 def _age_weight() -> tuple[pd.DataFrame, pd.Series]:
@@ -68,6 +70,7 @@ EXAMPLES: dict[str, Example] = {
         candidates=lambda: [LinearRegression()],
         grids=[{}],
         test_size=0.0,
+        preprocess=False,
     ),
     "diabetes": Example(
         description="Diabetes progression after a year (scikit-learn's bundled data); model picked by CV grid search.",
@@ -105,6 +108,7 @@ class TrainedExample:
     check_frame: pd.DataFrame
     metrics: dict[str, Any]
     search: dict[str, Any]
+    target: str
 
 
 def train_example(example: Example) -> TrainedExample:
@@ -119,9 +123,9 @@ def train_example(example: Example) -> TrainedExample:
     else:  # too few rows to hold any out: parity runs on the training rows and the edge rows
         train_x, test_x, train_y, test_y = frame, frame, target, target
     pipeline, search = search_pipeline(
-        example.candidates(), example.grids, train_x, train_y, example.task, example.folds
+        example.candidates(), example.grids, train_x, train_y, example.task, example.folds, example.preprocess
     )
     metrics: dict[str, Any] = {"cv": cross_validate_pipeline(pipeline, train_x, train_y, example.task, example.folds)}
     if example.test_size:
         metrics["holdout"] = {"rows": len(test_x), "score": float(pipeline.score(test_x, test_y))}
-    return TrainedExample(pipeline, train_x, test_x, metrics, search)
+    return TrainedExample(pipeline, train_x, test_x, metrics, search, str(target.name))

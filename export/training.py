@@ -154,9 +154,11 @@ def search_pipeline(
     target: pd.Series,
     task: Task,
     folds: int,
+    preprocess: bool = True,
 ) -> tuple[Pipeline, dict[str, Any]]:
     """Grid-search over estimators and their parameters; return the refitted best pipeline."""
-    pipeline = Pipeline([("preprocess", build_preprocessor(frame)), ("model", candidates[0])])
+    steps = [("preprocess", build_preprocessor(frame))] if preprocess else []
+    pipeline = Pipeline([*steps, ("model", candidates[0])])
     param_grid = [
         {"model": [candidate], **{f"model__{key}": values for key, values in grid.items()}}
         for candidate, grid in zip(candidates, grids, strict=True)

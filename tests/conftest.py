@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -31,3 +39,61 @@ def read_card(model_dir: Path, name: str, version: int = 1) -> dict[str, Any]:
 def read_golden(model_dir: Path, name: str, version: int = 1) -> dict[str, Any]:
     golden: dict[str, Any] = json.loads((model_dir / name / str(version) / "golden.json").read_text())
     return golden
+
+
+def golden_rows(golden: dict[str, Any]) -> list[dict[str, Any]]:
+    """The golden inputs as one {input: value} record per row (None = missing)."""
+    names = list(golden["inputs"])
+    count = golden["inputs"][names[0]]["shape"][0]
+    return [{name: golden["inputs"][name]["data"][row] for name in names} for row in range(count)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running_server(model_dir: Path, env: dict[str, str] | None = None, *args: str) -> Iterator[str]:
+    """`python -m serve` as a real process on a loopback port; yields its base URL once it is ready."""
+    port = free_port()
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("SERVE_")}
+    environ.update(env or {})
+    command = [sys.executable, "-m", "serve", "--model-dir", str(model_dir), "--port", str(port), *args]
+    process = subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    scheme = "https" if "--ssl-certfile" in args else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        if process.poll() is not None:
+            output = process.stdout.read().decode() if process.stdout else ""
+            raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1.0, verify=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server at {url} not ready within {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def server_url(model_dir: Path) -> Iterator[str]:
+    """One real server on the examples, shared by the end-to-end tests."""
+    with running_server(model_dir) as url:
+        yield url

@@ -1,0 +1,238 @@
+"""Thin HTTP handlers: read the body, parse with protocol/records, await the batcher, render."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serve import __version__, binary, protocol, records
+from serve.batching import Feed
+from serve.body import read_body
+from serve.datatypes import V2_TO_TRITON_CONFIG
+from serve.errors import DeadlineExceededError, ModelNotReadyError, ServeError
+from serve.repository import ModelEntry, ModelRepository
+from serve.settings import Settings
+
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
+
+
+class ClientDisconnectedError(ServeError):
+    status = 499  # type: ignore[assignment]  # nginx's "client closed request": nobody reads this answer
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code, media_type="application/json"
+    )
+
+
+def _repository(request: Request) -> ModelRepository:
+    repository: ModelRepository = request.state.repository
+    return repository
+
+
+def _entry(request: Request) -> ModelEntry:
+    params = request.path_params
+    return _repository(request).get(params["model_name"], params.get("model_version"))
+
+
+async def server_live(request: Request) -> Response:
+    return json_response({"live": True})
+
+
+async def server_ready(request: Request) -> Response:
+    ready = request.state.lifecycle.ready and len(_repository(request)) > 0
+    return json_response({"ready": ready}, 200 if ready else 503)
+
+
+async def server_metadata(request: Request) -> Response:
+    return json_response({"name": "tabserve", "version": __version__, "extensions": EXTENSIONS})
+
+
+async def model_ready(request: Request) -> Response:
+    entry = _entry(request)
+    if not request.state.lifecycle.ready:
+        raise ModelNotReadyError(f"model {entry.model.name!r} is draining for shutdown")
+    return json_response({"name": entry.model.name, "ready": True})
+
+
+async def model_metadata(request: Request) -> Response:
+    model = _entry(request).model
+    card = model.card
+    parameters = {
+        "version": str(model.version),
+        "task": model.task,
+        "description": card.get("description"),
+        "features": card.get("features", []),
+        "classes": model.classes,
+        "target": card.get("target"),
+        "estimator": card.get("estimator"),
+        "metrics": card.get("metrics"),
+        "parity": card.get("parity"),
+        "sha256": card.get("sha256"),
+    }
+    return json_response(
+        {
+            "name": model.name,
+            "versions": [str(version) for version in _repository(request).versions(model.name)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [spec.to_json() for spec in model.inputs],
+            "outputs": [spec.to_json() for spec in model.outputs],
+            "parameters": parameters,
+        }
+    )
+
+
+async def model_config(request: Request) -> Response:
+    """Triton's model configuration, as tritonclient.get_model_config and perf_analyzer read it."""
+    model = _entry(request).model
+    settings: Settings = request.state.settings
+
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        # With max_batch_size > 0 Triton's dims leave out the batch dimension.
+        return [
+            {"name": s.name, "data_type": V2_TO_TRITON_CONFIG[s.datatype], "dims": list(s.shape[1:])} for s in specs
+        ]
+
+    return json_response(
+        {
+            "name": model.name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "version_policy": {"all": {}},
+            "max_batch_size": settings.max_batch_size,
+            "input": tensors(model.inputs),
+            "output": tensors(model.outputs),
+            "dynamic_batching": {"max_queue_delay_microseconds": int(settings.max_batch_delay_ms * 1000)},
+            "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+        }
+    )
+
+
+async def model_stats(request: Request) -> Response:
+    repository = _repository(request)
+    if "model_name" in request.path_params:
+        name, version = request.path_params["model_name"], request.path_params.get("model_version")
+        entries = (
+            [repository.get(name, version)]
+            if version
+            else [repository.get(name, str(v)) for v in repository.versions(name)]
+        )
+    else:
+        entries = list(repository.entries())
+    return json_response({"model_stats": [_stats(entry) for entry in entries]})
+
+
+async def infer(request: Request) -> Response:
+    """POST /v2/models/{name}[/versions/{version}]/infer: JSON or Triton's binary tensor data."""
+    entry = _entry(request)
+    settings: Settings = request.state.settings
+    body = await read_body(request, settings.max_body_bytes)
+    header, tail = binary.split_body(body, request.headers.get(binary.HEADER))
+    parsed = protocol.parse_infer_request(protocol.parse_json(header), entry.model, tail, settings.max_request_rows)
+    outputs = await score(request, entry, parsed.feed, parsed.rows, parsed.timeout_s)
+    content, header_length = protocol.render_infer_response(entry.model, parsed, outputs)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header_length)}
+    )
+
+
+async def predict_records(request: Request) -> Response:
+    """POST /v1/models/{name}:predict with {"instances": [{...}, ...]}."""
+    entry = _entry(request)
+    settings: Settings = request.state.settings
+    document = protocol.parse_json(await read_body(request, settings.max_body_bytes))
+    feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
+    outputs = await score(request, entry, feed, rows, None)
+    return json_response(records.render_predictions(entry.model, outputs))
+
+
+async def predict_seed(request: Request) -> Response:
+    """The seed article's endpoint on the default model: {"age": 35} -> {"predicted_weight": 75.0}."""
+    settings: Settings = request.state.settings
+    entry = _repository(request).get(settings.default_model)
+    document = protocol.parse_json(await read_body(request, settings.max_body_bytes))
+    feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
+    prediction = records.render_predictions(entry.model, await score(request, entry, feed, rows, None))["predictions"]
+    key = f"predicted_{entry.model.card.get('target') or 'value'}"
+    if isinstance(prediction[0], dict):
+        prediction = [item["label"] for item in prediction]
+    return json_response({key: prediction[0] if rows == 1 else prediction})
+
+
+async def score(request: Request, entry: ModelEntry, feed: Feed, rows: int, timeout_s: float | None) -> Feed:
+    """Queue the request and wait for its rows, within its deadline and only while its client is there."""
+    settings: Settings = request.state.settings
+    budget = settings.request_timeout_s if timeout_s is None else min(timeout_s, settings.request_timeout_s)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    # Watch the connection only when the wait will outlast the next batch: a watcher task per request
+    # costs more than a small model's share of a batch.
+    watch = entry.batcher.depth >= settings.max_batch_size
+    future = entry.batcher.submit(feed, rows, deadline)
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await (_unless_disconnected(request, future) if watch else future)
+    except TimeoutError:
+        future.cancel()
+        raise DeadlineExceededError(f"no answer within the request deadline of {budget * 1000:.0f} ms") from None
+
+
+async def _unless_disconnected(request: Request, future: asyncio.Future[Feed]) -> Feed:
+    watcher: asyncio.Future[None] = asyncio.ensure_future(_disconnected(request))
+    try:
+        waiting: set[asyncio.Future[Any]] = {future, watcher}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if future in done:
+            return future.result()
+        future.cancel()  # the batcher drops it before running
+        raise ClientDisconnectedError("the client closed the connection before its request ran")
+    finally:
+        watcher.cancel()
+        if not future.done():
+            future.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _stats(entry: ModelEntry) -> dict[str, Any]:
+    stats = entry.batcher.stats
+
+    def duration(count: int, ns: int) -> dict[str, int]:
+        return {"count": count, "ns": ns}
+
+    return {
+        "name": entry.model.name,
+        "version": str(entry.model.version),
+        "last_inference": stats.last_inference_ms,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": {
+            "success": duration(stats.success_count, stats.success_ns),
+            "fail": duration(stats.fail_count, stats.fail_ns),
+            "queue": duration(stats.success_count + stats.fail_count, stats.queue_ns),
+            "compute_input": duration(stats.execution_count, 0),
+            "compute_infer": duration(stats.execution_count, stats.compute_ns),
+            "compute_output": duration(stats.execution_count, 0),
+            "cache_hit": duration(0, 0),
+            "cache_miss": duration(0, 0),
+        },
+        "batch_stats": [
+            {
+                "batch_size": size,
+                "compute_input": duration(count, 0),
+                "compute_infer": duration(count, ns),
+                "compute_output": duration(count, 0),
+            }
+            for size, (count, ns) in sorted(stats.batch_sizes.items())
+        ],
+    }

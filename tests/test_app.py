@@ -1,0 +1,223 @@
+"""The HTTP surface through Starlette's TestClient: routes, answers, and every client mistake as a 4xx."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from serve.app import create_app
+from serve.settings import Settings
+from tests.conftest import golden_rows, read_golden
+
+PENGUIN = {
+    "island": "Dream", "bill_length_mm": 45.1, "bill_depth_mm": 17.0, "flipper_length_mm": 200.0,
+    "body_mass_g": 3800.0, "sex": "female",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> Iterator[TestClient]:
+    settings = Settings(model_dir=model_dir, max_body_bytes=64 * 1024, max_request_rows=100)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def v2_tensor(name: str, values: list[Any], datatype: str = "FP32") -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": [len(values), 1], "data": values}
+
+
+def penguin_request(**changes: Any) -> dict[str, Any]:
+    inputs = [
+        v2_tensor(name, [value], "BYTES" if isinstance(value, str) else "FP32") for name, value in PENGUIN.items()
+    ]
+    return {"inputs": inputs, **changes}
+
+
+def error_of(response: Any, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"}
+    message: str = body["error"]
+    return message
+
+
+def test_seed_endpoint_predicts_75_for_age_35(client: TestClient) -> None:
+    response = client.post("/predict", json={"age": 35})
+    assert response.json() == {"predicted_weight": 75.0}
+
+
+def test_health_and_server_metadata(client: TestClient) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    metadata = client.get("/v2").json()
+    assert metadata["name"] == "tabserve" and "binary_tensor_data" in metadata["extensions"]
+
+
+def test_model_metadata_carries_features_categories_and_classes(client: TestClient) -> None:
+    metadata = client.get("/v2/models/penguins").json()
+    assert metadata["name"] == "penguins" and metadata["versions"] == ["1"]
+    assert metadata["platform"] == "onnxruntime_onnx"
+    assert {"name": "island", "datatype": "BYTES", "shape": [-1, 1]} in metadata["inputs"]
+    assert metadata["outputs"][1] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}
+    parameters = metadata["parameters"]
+    assert parameters["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+    island = next(feature for feature in parameters["features"] if feature["name"] == "island")
+    assert island["categories"] == ["Biscoe", "Dream", "Torgersen"]
+    assert client.get("/v2/models/penguins/versions/1").json() == metadata
+
+
+def test_infer_answers_like_the_golden_vectors(client: TestClient, model_dir: Path) -> None:
+    golden = read_golden(model_dir, "diabetes")
+    body = {"id": "req-7", "inputs": [{"name": k, **v} for k, v in golden["inputs"].items()]}
+    response = client.post("/v2/models/diabetes/infer", content=orjson.dumps(body))
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["id"] == "req-7" and result["model_name"] == "diabetes" and result["model_version"] == "1"
+    (output,) = result["outputs"]
+    assert output["shape"] == golden["outputs"]["variable"]["shape"]
+    assert output["data"] == pytest.approx(golden["outputs"]["variable"]["data"], rel=1e-4, abs=1e-4)
+
+
+def test_infer_accepts_nested_data_and_returns_only_requested_outputs(client: TestClient) -> None:
+    request = penguin_request(outputs=[{"name": "label"}])
+    for tensor in request["inputs"]:
+        tensor["data"] = [tensor["data"]]  # [[value]]: nested as the shape says
+    result = client.post("/v2/models/penguins/infer", json=request).json()
+    assert [output["name"] for output in result["outputs"]] == ["label"]
+    assert result["outputs"][0] == {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["Chinstrap"]}
+
+
+def test_records_endpoint_gives_labels_and_probabilities_by_class(client: TestClient) -> None:
+    response = client.post("/v1/models/penguins:predict", json={"instances": [PENGUIN, {"island": "Biscoe"}]})
+    predictions = response.json()["predictions"]
+    assert predictions[0]["label"] == "Chinstrap"
+    assert set(predictions[0]["probabilities"]) == {"Adelie", "Chinstrap", "Gentoo"}
+    assert sum(predictions[1]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_records_endpoint_matches_golden_rows_including_missing_values(client: TestClient, model_dir: Path) -> None:
+    golden = read_golden(model_dir, "penguins")
+    instances = [{k: v for k, v in row.items() if v not in (None, "")} for row in golden_rows(golden)]
+    response = client.post("/v1/models/penguins/versions/1:predict", json={"instances": instances})
+    labels = [prediction["label"] for prediction in response.json()["predictions"]]
+    assert labels == golden["outputs"]["label"]["data"]
+
+
+def test_stats_and_config_follow_triton(client: TestClient) -> None:
+    client.post("/predict", json={"age": 30})
+    stats = client.get("/v2/models/age-weight/stats").json()["model_stats"][0]
+    assert stats["name"] == "age-weight" and stats["inference_count"] >= 1
+    assert stats["inference_stats"]["success"]["count"] >= 1
+    everything = client.get("/v2/models/stats").json()["model_stats"]
+    assert {item["name"] for item in everything} == {"age-weight", "breast-cancer", "diabetes", "penguins"}
+    config = client.get("/v2/models/penguins/config").json()
+    assert config["max_batch_size"] == 64
+    assert config["input"][0] == {"name": "island", "data_type": "TYPE_STRING", "dims": [1]}
+
+
+def test_gzip_body_is_inflated(client: TestClient) -> None:
+    body = gzip.compress(orjson.dumps({"instances": [{"age": 35}]}))
+    response = client.post("/v1/models/age-weight:predict", content=body, headers={"Content-Encoding": "gzip"})
+    assert response.json()["predictions"] == [75.0]
+
+
+BAD_INFER = [
+    pytest.param({"inputs": [v2_tensor("height", [1.0])]}, "unexpected input 'height' for model 'age-weight'; expected ['age']", id="unknown-input"),
+    pytest.param({"inputs": [v2_tensor("age", [1.0], "FP64")]}, "input 'age': datatype 'FP64' does not match the model's 'FP32'", id="wrong-datatype"),
+    pytest.param({"inputs": [{**v2_tensor("age", [1.0]), "shape": [1, 2]}]}, "input 'age': shape [1, 2] does not match the model's [-1, 1] (-1 = any)", id="wrong-shape"),
+    pytest.param({"inputs": [{**v2_tensor("age", [1.0, 2.0]), "shape": [1, 1]}]}, "input 'age' has 2 values; its shape needs 1", id="count-mismatch"),
+    pytest.param({"inputs": [v2_tensor("age", ["thirty"])]}, "input 'age' is FP32: expected numbers, got 'thirty'", id="non-numeric"),
+    pytest.param({"inputs": [v2_tensor("age", [True])]}, "input 'age' is FP32: expected numbers, got True", id="boolean"),
+    pytest.param({"inputs": [v2_tensor("age", [1e39])]}, "input 'age' contains an infinite value; expected finite numbers", id="overflow"),
+    pytest.param({"inputs": [{**v2_tensor("age", [[1.0], [2.0, 3.0]]), "shape": [2, 1]}]}, "input 'age': 'data' is not a regular array", id="ragged"),
+    pytest.param({"inputs": []}, "'inputs' must be a non-empty list of tensors, got list []", id="no-inputs"),
+    pytest.param({"inputs": [v2_tensor("age", [1.0]), v2_tensor("age", [1.0])]}, "input 'age' appears more than once", id="duplicate"),
+    pytest.param({"inputs": [{**v2_tensor("age", []), "shape": [0, 1]}]}, "the request has 0 rows; expected at least 1", id="zero-rows"),
+    pytest.param({"inputs": [{"name": "age", "datatype": "FP32", "shape": [1, 1]}]}, "input 'age' has neither 'data' nor parameters.binary_data_size", id="no-data"),
+    pytest.param({"inputs": [v2_tensor("age", [1.0])], "outputs": [{"name": "nope"}]}, "outputs[0] asks for 'nope'; model 'age-weight' has outputs ['variable']", id="unknown-output"),
+    pytest.param({"inputs": [v2_tensor("age", [1.0])], "id": 5}, "'id' must be a string, got int 5", id="non-string-id"),
+    pytest.param([1, 2], "expected a JSON object with 'inputs', got list [1,2]", id="not-an-object"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_INFER)
+def test_infer_rejects_bad_input_with_400_naming_what_was_wrong(client: TestClient, body: Any, message: str) -> None:
+    assert error_of(client.post("/v2/models/age-weight/infer", json=body), 400).startswith(message)
+
+
+def test_missing_input_is_named(client: TestClient) -> None:
+    request = penguin_request()
+    request["inputs"] = request["inputs"][1:]
+    message = error_of(client.post("/v2/models/penguins/infer", json=request), 400)
+    assert message.startswith("missing input(s) ['island'] for model 'penguins'")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(b"", "empty request body; expected a JSON object", id="empty"),
+        pytest.param(b'{"inputs": [', "malformed JSON", id="truncated"),
+        pytest.param(b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [1, 1], "data": [NaN]}]}', "malformed JSON", id="nan-literal"),
+        pytest.param(b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [1, 1], "data": [Infinity]}]}', "malformed JSON", id="infinity-literal"),
+    ],
+)  # fmt: skip
+def test_unparseable_bodies_are_400(client: TestClient, body: bytes, message: str) -> None:
+    assert error_of(client.post("/v2/models/age-weight/infer", content=body), 400).startswith(message)
+
+
+def test_unknown_model_and_version_are_404_naming_what_exists(client: TestClient) -> None:
+    message = error_of(client.post("/v2/models/nope/infer", json=penguin_request()), 404)
+    assert message == "unknown model 'nope'; available: ['age-weight', 'breast-cancer', 'diabetes', 'penguins']"
+    message = error_of(client.get("/v2/models/penguins/versions/9"), 404)
+    assert message == "model 'penguins' has no version '9'; available: [1]"
+    assert error_of(client.get("/v2/nowhere"), 404) == "no route for GET /v2/nowhere"
+
+
+def test_wrong_method_is_405(client: TestClient) -> None:
+    message = error_of(client.get("/v2/models/penguins/infer"), 405)
+    assert message == "method GET is not allowed on /v2/models/penguins/infer; allowed: POST"
+
+
+def test_body_over_the_limit_is_413_from_content_length(client: TestClient) -> None:
+    message = error_of(client.post("/v2/models/age-weight/infer", content=b"x" * (64 * 1024 + 1)), 413)
+    assert message == "the body has 65537 bytes; the limit is 65536"
+
+
+def test_gzip_bomb_is_413(client: TestClient) -> None:
+    bomb = gzip.compress(b" " * (10 * 1024 * 1024))
+    message = error_of(client.post("/predict", content=bomb, headers={"Content-Encoding": "gzip"}), 413)
+    assert message == "the body inflates beyond the limit of 65536 bytes"
+
+
+def test_too_many_rows_is_413(client: TestClient) -> None:
+    message = error_of(
+        client.post("/v2/models/age-weight/infer", json={"inputs": [v2_tensor("age", [1.0] * 101)]}), 413
+    )
+    assert message == "the request has 101 rows; the limit is 100 per request"
+
+
+BAD_RECORDS = [
+    pytest.param({"instances": [{"age": "35"}]}, "instances[0].age must be a number, got '35'", id="string-number"),
+    pytest.param({"instances": [{}]}, "instances[0] lacks 'age', which model 'age-weight' needs (it has no imputer)", id="missing-no-imputer"),
+    pytest.param({"instances": [{"age": 1, "height": 2}]}, "instances[0] has unknown field(s) ['height']; expected ['age']", id="unknown-field"),
+    pytest.param({"instances": "age"}, "'instances' must be a list of records, got str", id="not-a-list"),
+    pytest.param({"instances": []}, "the request has 0 rows; expected at least 1", id="empty"),
+    pytest.param({"instances": [5]}, "instances[0] must be an object of feature values, got 5", id="not-an-object"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_RECORDS)
+def test_records_reject_bad_input_with_400(client: TestClient, body: Any, message: str) -> None:
+    assert error_of(client.post("/v1/models/age-weight:predict", json=body), 400) == message
+
+
+def test_records_reject_a_number_for_a_category(client: TestClient) -> None:
+    message = error_of(client.post("/v1/models/penguins:predict", json={"instances": [{**PENGUIN, "island": 3}]}), 400)
+    assert message == "instances[0].island must be a string, got 3"

@@ -1,0 +1,227 @@
+"""MicroBatcher with a fake runner: order, limits, splitting, cancellation, failure isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serve.batching import Feed, InferenceFailedError, MicroBatcher
+from serve.errors import DeadlineExceededError, ModelNotReadyError, ServerBusyError
+
+FAR = 1e12
+
+
+class FakeModel:
+    """Doubles x; fails on any batch containing -1; records every batch it saw."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+        self.threads: list[str] = []
+
+    def run(self, feed: Feed) -> Feed:
+        x = feed["x"]
+        self.batches.append(x.ravel().tolist())
+        self.threads.append(threading.current_thread().name)
+        if (x == -1).any():
+            raise ValueError("cannot score -1")
+        return {"y": x * 2, "label": (x > 0).ravel()}
+
+
+def rows(*values: float, dtype: Any = np.float32) -> Feed:
+    return {"x": np.array(values, dtype=dtype).reshape(-1, 1)}
+
+
+def run(coroutine_factory: Callable[[], Any]) -> Any:
+    return asyncio.run(coroutine_factory())
+
+
+def test_lone_request_runs_at_once_in_a_batch_of_its_own() -> None:
+    model = FakeModel()
+
+    async def scenario() -> Feed:
+        async with MicroBatcher(model.run) as batcher:
+            return await batcher.submit(rows(3.0), 1, FAR)
+
+    result = run(scenario)
+    assert result["y"].tolist() == [[6.0]]
+    assert model.batches == [[3.0]]
+
+
+def test_concurrent_requests_share_a_batch_and_each_gets_its_own_rows_in_order() -> None:
+    model = FakeModel()
+    rng = np.random.default_rng(7)
+    payloads = [rng.normal(size=int(rng.integers(1, 4))).astype(np.float32) for _ in range(12)]
+
+    async def scenario() -> list[Feed]:
+        async with MicroBatcher(model.run, max_batch_size=1000) as batcher:
+            futures = [batcher.submit(rows(*values), len(values), FAR) for values in payloads]
+            return list(await asyncio.gather(*futures))
+
+    results = run(scenario)
+    assert len(model.batches) == 1
+    for values, result in zip(payloads, results, strict=True):
+        np.testing.assert_array_equal(result["y"].ravel(), values * 2)
+        np.testing.assert_array_equal(result["label"], values > 0)
+
+
+def test_batches_never_exceed_max_batch_size_rows() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        async with MicroBatcher(model.run, max_batch_size=8) as batcher:
+            await asyncio.gather(*[batcher.submit(rows(i, i, i), 3, FAR) for i in range(10)])
+
+    run(scenario)
+    assert [len(batch) for batch in model.batches] == [6, 6, 6, 6, 6]
+    assert [value for batch in model.batches for value in batch] == [i for i in range(10) for _ in range(3)]
+
+
+def test_request_larger_than_max_batch_size_runs_alone() -> None:
+    model = FakeModel()
+
+    async def scenario() -> Feed:
+        async with MicroBatcher(model.run, max_batch_size=4) as batcher:
+            small = batcher.submit(rows(1), 1, FAR)
+            big = batcher.submit(rows(*range(10)), 10, FAR)
+            after = batcher.submit(rows(2), 1, FAR)
+            await asyncio.gather(small, after)
+            return await big
+
+    big = run(scenario)
+    assert big["y"].ravel().tolist() == [2.0 * i for i in range(10)]
+    assert [len(batch) for batch in model.batches] == [1, 10, 1]
+
+
+def test_full_queue_answers_busy_at_once() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        async with MicroBatcher(model.run, max_queue_size=2) as batcher:
+            first = batcher.submit(rows(1), 1, FAR)
+            second = batcher.submit(rows(2), 1, FAR)
+            with pytest.raises(ServerBusyError, match="2 requests queued"):
+                batcher.submit(rows(3), 1, FAR)
+            await asyncio.gather(first, second)
+            await batcher.submit(rows(4), 1, FAR)  # room again once the queue drained
+
+    run(scenario)
+
+
+def test_cancelled_requests_are_dropped_before_running() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        async with MicroBatcher(model.run) as batcher:
+            first = batcher.submit(rows(1), 1, FAR)
+            gone = batcher.submit(rows(2), 1, FAR)
+            third = batcher.submit(rows(3), 1, FAR)
+            gone.cancel()
+            await asyncio.gather(first, third)
+
+    run(scenario)
+    assert model.batches == [[1.0, 3.0]]
+
+
+def test_expired_requests_get_deadline_exceeded_and_do_not_run() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        async with MicroBatcher(model.run) as batcher:
+            late = batcher.submit(rows(1), 1, deadline=0.0)
+            ok = batcher.submit(rows(2), 1, FAR)
+            with pytest.raises(DeadlineExceededError, match="passed its deadline"):
+                await late
+            await ok
+
+    run(scenario)
+    assert model.batches == [[2.0]]
+
+
+def test_a_failing_request_fails_alone_and_its_batch_neighbours_succeed() -> None:
+    model = FakeModel()
+
+    async def scenario() -> list[Any]:
+        async with MicroBatcher(model.run) as batcher:
+            futures = [batcher.submit(rows(value), 1, FAR) for value in (1, -1, 3)]
+            return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    good, bad, other = run(scenario)
+    assert good["y"].tolist() == [[2.0]] and other["y"].tolist() == [[6.0]]
+    assert isinstance(bad, InferenceFailedError) and "cannot score -1" in bad.message
+
+
+def test_requests_with_different_datatypes_never_share_a_batch() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        async with MicroBatcher(model.run) as batcher:
+            await asyncio.gather(
+                batcher.submit(rows(1), 1, FAR),
+                batcher.submit(rows(2, dtype=np.float64), 1, FAR),
+                batcher.submit(rows(3), 1, FAR),
+            )
+
+    run(scenario)
+    assert model.batches == [[1.0, 3.0], [2.0]]
+
+
+def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(model.run)
+        await batcher.__aenter__()
+        pending = [batcher.submit(rows(i), 1, FAR) for i in range(5)]
+        await batcher.close()
+        assert [future.result()["y"].item() for future in pending] == [0.0, 2.0, 4.0, 6.0, 8.0]
+        with pytest.raises(ModelNotReadyError, match="shutting down"):
+            batcher.submit(rows(1), 1, FAR)
+
+    run(scenario)
+
+
+def test_large_batches_run_in_the_executor_and_small_ones_inline() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1, thread_name_prefix="ort") as executor:
+            async with MicroBatcher(model.run, inline_batch_rows=2, executor=executor) as batcher:
+                await batcher.submit(rows(1, 2), 2, FAR)
+                await batcher.submit(rows(1, 2, 3), 3, FAR)
+
+    run(scenario)
+    assert model.threads[0] == threading.main_thread().name
+    assert model.threads[1].startswith("ort")
+
+
+def test_batch_delay_gathers_requests_that_arrive_within_it() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        async with MicroBatcher(model.run, max_batch_delay_ms=100) as batcher:
+            first = batcher.submit(rows(1), 1, FAR)
+            await asyncio.sleep(0.01)
+            second = batcher.submit(rows(2), 1, FAR)
+            await asyncio.gather(first, second)
+
+    run(scenario)
+    assert model.batches == [[1.0, 2.0]]
+
+
+def test_stats_count_requests_rows_and_batches() -> None:
+    model = FakeModel()
+
+    async def scenario() -> MicroBatcher:
+        async with MicroBatcher(model.run) as batcher:
+            await asyncio.gather(*[batcher.submit(rows(i, i), 2, FAR) for i in range(3)])
+            return batcher
+
+    stats = run(scenario).stats
+    assert (stats.inference_count, stats.execution_count, stats.success_count) == (6, 1, 3)
+    assert list(stats.batch_sizes) == [6]
