@@ -8,10 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -62,27 +63,29 @@ def running_server(model_dir: Path, env: dict[str, str] | None = None, *args: st
     environ = {key: value for key, value in os.environ.items() if not key.startswith("SERVE_")}
     environ.update(env or {})
     command = [sys.executable, "-m", "serve", "--model-dir", str(model_dir), "--port", str(port), *args]
-    process = subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     scheme = "https" if "--ssl-certfile" in args else "http"
     url = f"{scheme}://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        yield url
-    finally:
-        process.terminate()
+    # A file, not a pipe: a pipe nobody reads fills up and blocks a chatty server.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT)
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            wait_ready(url, process, log)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: IO[bytes], timeout_s: float = 30.0) -> None:
     give_up = time.monotonic() + timeout_s
     while time.monotonic() < give_up:
         if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
+            log.seek(0)
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read().decode()}")
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=1.0, verify=False).status_code == 200:
                 return
