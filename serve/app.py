@@ -54,6 +54,7 @@ def routes() -> list[Route]:
         ]
     for prefix in ("/v1/models/{model_name}", "/v1/models/{model_name}/versions/{model_version}"):
         table.append((prefix + ":predict", endpoints.predict_records, POST))
+        table.append((prefix + "/golden", endpoints.model_golden, GET))
     return [Route(path, endpoint, methods=methods) for path, endpoint, methods in table]
 
 

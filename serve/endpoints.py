@@ -13,7 +13,7 @@ from serve import __version__, binary, protocol, records
 from serve.batching import Feed
 from serve.body import read_body
 from serve.datatypes import V2_TO_TRITON_CONFIG
-from serve.errors import DeadlineExceededError, ModelNotReadyError, ServeError
+from serve.errors import DeadlineExceededError, ModelNotFoundError, ModelNotReadyError, ServeError
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
 
@@ -85,6 +85,14 @@ async def model_metadata(request: Request) -> Response:
             "parameters": parameters,
         }
     )
+
+
+async def model_golden(request: Request) -> Response:
+    """The golden vectors (inputs with scikit-learn's outputs): what load tests and other runtimes check against."""
+    model = _entry(request).model
+    if model.golden is None:
+        raise ModelNotFoundError(f"model {model.name!r} version {model.version} has no golden vectors")
+    return json_response(model.golden)
 
 
 async def model_config(request: Request) -> Response:

@@ -90,6 +90,7 @@ class Model:
         """Score the golden inputs and compare with scikit-learn's outputs: a self-test at load time."""
         path = self.folder / GOLDEN_FILE
         golden = json.loads(path.read_bytes()) if path.exists() else None
+        self.golden: dict[str, Any] | None = golden
         if golden is None:
             self._sample = {spec.name: _zeros(spec) for spec in self.inputs}
             return

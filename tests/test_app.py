@@ -110,6 +110,10 @@ def test_records_endpoint_matches_golden_rows_including_missing_values(client: T
     assert labels == golden["outputs"]["label"]["data"]
 
 
+def test_golden_vectors_are_served_for_load_tests_and_other_runtimes(client: TestClient, model_dir: Path) -> None:
+    assert client.get("/v1/models/penguins/golden").json() == read_golden(model_dir, "penguins")
+
+
 def test_stats_and_config_follow_triton(client: TestClient) -> None:
     client.post("/predict", json={"age": 30})
     stats = client.get("/v2/models/age-weight/stats").json()["model_stats"][0]
