@@ -105,8 +105,14 @@ class MicroBatcher:
     def busy(self) -> bool:
         return self._running or bool(self._queue)
 
-    def submit(self, feed: Feed, rows: int, deadline: float) -> asyncio.Future[Feed]:
-        """Queue one request; its future gets exactly its own rows of every output."""
+    def submit(
+        self, feed: Feed, rows: int, deadline: float, signature: Signature | None = None
+    ) -> asyncio.Future[Feed]:
+        """Queue one request; its future gets exactly its own rows of every output.
+
+        `signature` (input names, dtypes, per-row shapes) decides who may share a batch; a caller that
+        has validated the feed against a fixed layout passes it, otherwise it is computed here.
+        """
         if self._closing:
             raise ModelNotReadyError(f"model {self._name} is shutting down and takes no new requests")
         if len(self._queue) >= self._max_queue_size:
@@ -115,7 +121,8 @@ class MicroBatcher:
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Feed] = loop.create_future()
-        signature = tuple((name, array.dtype.str, array.shape[1:]) for name, array in feed.items())
+        if signature is None:
+            signature = feed_signature(feed)
         self._queue.append(_Item(feed, rows, signature, future, deadline, loop.time()))
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
@@ -230,6 +237,10 @@ class MicroBatcher:
         entry[1] += compute_ns
         if self._on_batch is not None:
             self._on_batch(rows, compute_ns / 1e9)
+
+
+def feed_signature(feed: Feed) -> Signature:
+    return tuple((name, array.dtype.str, tuple(array.shape[1:])) for name, array in feed.items())
 
 
 def _concat(feeds: list[Feed]) -> Feed:

@@ -1,10 +1,10 @@
-"""Reading request bodies within a byte limit, compressed ones included."""
+"""Reading request bodies at the ASGI level, within a byte limit, compressed ones included."""
 
 from __future__ import annotations
 
 import zlib
 
-from starlette.requests import Request
+from starlette.types import Receive
 
 from serve.errors import InvalidRequestError, PayloadTooLargeError
 
@@ -12,24 +12,31 @@ from serve.errors import InvalidRequestError, PayloadTooLargeError
 DECODERS: dict[str, int] = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(receive: Receive, headers: dict[bytes, bytes], max_bytes: int) -> bytes:
     """The whole body, or 413 as soon as it is known to exceed `max_bytes` (before reading it all)."""
-    declared = request.headers.get("content-length")
+    declared = headers.get(b"content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise InvalidRequestError(f"Content-Length must be a byte count, got {declared!r}")
+            raise InvalidRequestError(f"Content-Length must be a byte count, got {declared.decode(errors='replace')!r}")
         if int(declared) > max_bytes:
-            raise PayloadTooLargeError(f"the body has {declared} bytes; the limit is {max_bytes}")
+            raise PayloadTooLargeError(f"the body has {int(declared)} bytes; the limit is {max_bytes}")
+    body = b""
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequestError("the client disconnected while sending the body")
+        chunk = message.get("body", b"")
         received += len(chunk)
         if received > max_bytes:
             raise PayloadTooLargeError(f"the body exceeds the limit of {max_bytes} bytes")
+        if not message.get("more_body", False):
+            body = chunk if not chunks else b"".join([*chunks, chunk])
+            break
         chunks.append(chunk)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = request.headers.get("content-encoding")
-    return body if encoding is None or encoding == "identity" else _decompress(body, encoding, max_bytes)
+    encoding = headers.get(b"content-encoding")
+    return body if encoding is None or encoding == b"identity" else _decompress(body, encoding.decode(), max_bytes)
 
 
 def _decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:

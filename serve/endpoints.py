@@ -1,27 +1,20 @@
-"""Thin HTTP handlers: read the body, parse with protocol/records, await the batcher, render."""
+"""Thin handlers for everything but inference (see inference.py): health, metadata, config, statistics."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve import __version__, binary, protocol, records
-from serve.batching import Feed
-from serve.body import read_body
+from serve import __version__
 from serve.datatypes import V2_TO_TRITON_CONFIG
-from serve.errors import DeadlineExceededError, ModelNotFoundError, ModelNotReadyError, ServeError
+from serve.errors import ModelNotFoundError, ModelNotReadyError
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
 
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
-
-
-class ClientDisconnectedError(ServeError):
-    status = 499  # type: ignore[assignment]  # nginx's "client closed request": nobody reads this answer
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -133,83 +126,6 @@ async def model_stats(request: Request) -> Response:
     else:
         entries = list(repository.entries())
     return json_response({"model_stats": [_stats(entry) for entry in entries]})
-
-
-async def infer(request: Request) -> Response:
-    """POST /v2/models/{name}[/versions/{version}]/infer: JSON or Triton's binary tensor data."""
-    entry = _entry(request)
-    settings: Settings = request.state.settings
-    body = await read_body(request, settings.max_body_bytes)
-    header, tail = binary.split_body(body, request.headers.get(binary.HEADER))
-    parsed = protocol.parse_infer_request(protocol.parse_json(header), entry.model, tail, settings.max_request_rows)
-    outputs = await score(request, entry, parsed.feed, parsed.rows, parsed.timeout_s)
-    content, header_length = protocol.render_infer_response(entry.model, parsed, outputs)
-    if header_length is None:
-        return Response(content, media_type="application/json")
-    return Response(
-        content, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header_length)}
-    )
-
-
-async def predict_records(request: Request) -> Response:
-    """POST /v1/models/{name}:predict with {"instances": [{...}, ...]}."""
-    entry = _entry(request)
-    settings: Settings = request.state.settings
-    document = protocol.parse_json(await read_body(request, settings.max_body_bytes))
-    feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
-    outputs = await score(request, entry, feed, rows, None)
-    return json_response(records.render_predictions(entry.model, outputs))
-
-
-async def predict_seed(request: Request) -> Response:
-    """The seed article's endpoint on the default model: {"age": 35} -> {"predicted_weight": 75.0}."""
-    settings: Settings = request.state.settings
-    entry = _repository(request).get(settings.default_model)
-    document = protocol.parse_json(await read_body(request, settings.max_body_bytes))
-    feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
-    prediction = records.render_predictions(entry.model, await score(request, entry, feed, rows, None))["predictions"]
-    key = f"predicted_{entry.model.card.get('target') or 'value'}"
-    if isinstance(prediction[0], dict):
-        prediction = [item["label"] for item in prediction]
-    return json_response({key: prediction[0] if rows == 1 else prediction})
-
-
-async def score(request: Request, entry: ModelEntry, feed: Feed, rows: int, timeout_s: float | None) -> Feed:
-    """Queue the request and wait for its rows, within its deadline and only while its client is there."""
-    settings: Settings = request.state.settings
-    budget = settings.request_timeout_s if timeout_s is None else min(timeout_s, settings.request_timeout_s)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + budget
-    # Watch the connection only when the wait will outlast the next batch: a watcher task per request
-    # costs more than a small model's share of a batch.
-    watch = entry.batcher.depth >= settings.max_batch_size
-    future = entry.batcher.submit(feed, rows, deadline)
-    try:
-        async with asyncio.timeout_at(deadline):
-            return await (_unless_disconnected(request, future) if watch else future)
-    except TimeoutError:
-        future.cancel()
-        raise DeadlineExceededError(f"no answer within the request deadline of {budget * 1000:.0f} ms") from None
-
-
-async def _unless_disconnected(request: Request, future: asyncio.Future[Feed]) -> Feed:
-    watcher: asyncio.Future[None] = asyncio.ensure_future(_disconnected(request))
-    try:
-        waiting: set[asyncio.Future[Any]] = {future, watcher}
-        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if future in done:
-            return future.result()
-        future.cancel()  # the batcher drops it before running
-        raise ClientDisconnectedError("the client closed the connection before its request ran")
-    finally:
-        watcher.cancel()
-        if not future.done():
-            future.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _stats(entry: ModelEntry) -> dict[str, Any]:

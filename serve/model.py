@@ -71,6 +71,10 @@ class Model:
         self.input_by_name = {spec.name: spec for spec in self.inputs}
         self.output_by_name = {spec.name: spec for spec in self.outputs}
         self.output_names = [spec.name for spec in self.outputs]
+        # Every validated feed for this model has exactly this layout, so requests need not recompute it.
+        self.signature = tuple(
+            (spec.name, spec.dtype.str, tuple(max(dim, 1) for dim in spec.shape[1:])) for spec in self.inputs
+        )
         self.features = {feature["name"]: feature for feature in self.card.get("features", [])}
         self.classes: list[Any] | None = self.card.get("classes")
         self.task: str = self.card.get("task", "regression")

@@ -5,6 +5,7 @@ Every rejection says what was received and what was expected, and raises a Serve
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ import numpy.typing as npt
 import orjson
 
 from serve import binary
+from serve.datatypes import V2_TO_NUMPY
 from serve.errors import InvalidRequestError, PayloadTooLargeError
 from serve.model import Feed, Model, TensorSpec
 
@@ -21,6 +23,19 @@ from serve.model import Feed, Model, TensorSpec
 # but booleans and strings never pass for numbers.
 ACCEPTED_KINDS: dict[str, str] = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
 KIND_NAMES: dict[str, str] = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans"}
+# Python types a small tensor's values may have, checked one by one (faster than numpy below ~64 values).
+PYTHON_TYPES: dict[str, tuple[type, ...]] = {"f": (float, int), "i": (int,), "u": (int,)}
+SMALL_TENSOR = 64
+
+
+def _bounds(dtype: np.dtype[Any]) -> tuple[float, float]:
+    info: Any = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
+    return float(info.min), float(info.max)
+
+
+BOUNDS: dict[str, tuple[float, float]] = {
+    datatype: _bounds(dtype) for datatype, dtype in V2_TO_NUMPY.items() if dtype.kind in "fiu"
+}
 
 
 @dataclass(frozen=True)
@@ -45,14 +60,90 @@ def parse_json(body: bytes) -> Any:
 
 def parse_infer_request(document: Any, model: Model, tail: bytes, max_rows: int) -> InferRequest:
     """Validate a V2 infer request against the model's inputs and build its feed."""
+    feed = None if tail else _common_feed(document, model)
+    if feed is None:
+        feed, rows = _checked_feed(document, model, tail)
+    else:
+        rows = len(next(iter(feed.values())))
+    check_rows(rows, max_rows)
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequestError(f"'id' must be a string, got {_kind(request_id)}")
+    parameters = document.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidRequestError(f"'parameters' must be an object, got {_kind(parameters)}")
+    return InferRequest(
+        id=request_id,
+        feed=feed,
+        rows=rows,
+        outputs=_requested_outputs(model, document.get("outputs"), bool(parameters.get("binary_data_output", False))),
+        timeout_s=_timeout(parameters.get("timeout")),
+    )
+
+
+def _common_feed(document: Any, model: Model) -> Feed | None:
+    """The feed of a plain request (every input once, flat small JSON data, exact shapes), or None.
+
+    The common case pays for no error reporting: anything unusual returns None and the request is
+    parsed again by `_checked_feed`, which accepts exactly the same requests and explains rejections.
+    """
+    inputs = document.get("inputs") if type(document) is dict else None
+    if type(inputs) is not list or len(inputs) != len(model.inputs):
+        return None
+    feed: Feed = {}
+    rows = -1
+    for tensor in inputs:
+        if type(tensor) is not dict or "parameters" in tensor:
+            return None
+        name = tensor.get("name")
+        if type(name) is not str:
+            return None
+        spec = model.input_by_name.get(name)
+        shape = tensor.get("shape")
+        data = tensor.get("data")
+        if spec is None or name in feed or tensor.get("datatype") != spec.datatype or type(data) is not list:
+            return None
+        if (
+            type(shape) is not list
+            or len(shape) != 2
+            or spec.shape[1] != 1
+            or shape[1] != 1
+            or type(shape[1]) is not int
+        ):
+            return None
+        count = shape[0]
+        if (
+            type(count) is not int
+            or count < 1
+            or len(data) != count
+            or count > SMALL_TENSOR
+            or (rows >= 0 and count != rows)
+        ):
+            return None
+        accepted = PYTHON_TYPES.get(spec.dtype.kind, (str,) if spec.datatype == "BYTES" else ())
+        if spec.datatype == "BYTES":
+            if not all(type(value) is str for value in data):
+                return None
+        else:
+            low, high = BOUNDS[spec.datatype]
+            for value in data:
+                if type(value) not in accepted or not low <= value <= high:
+                    return None
+        try:
+            feed[name] = np.array(data, dtype=spec.dtype).reshape(count, 1)
+        except OverflowError:
+            return None
+        rows = count
+    return feed
+
+
+def _checked_feed(document: Any, model: Model, tail: bytes) -> tuple[Feed, int]:
+    """Validate every part of the request, raising an error that names the first problem."""
     if not isinstance(document, dict):
         raise InvalidRequestError(f"expected a JSON object with 'inputs', got {_kind(document)}")
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidRequestError(f"'inputs' must be a non-empty list of tensors, got {_kind(inputs)}")
-    request_id = document.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidRequestError(f"'id' must be a string, got {_kind(request_id)}")
     feed: Feed = {}
     offset = 0
     rows: int | None = None
@@ -70,15 +161,17 @@ def parse_infer_request(document: Any, model: Model, tail: bytes, max_rows: int)
                 )
             array = binary.decode_tensor(tail[offset : offset + size], spec.datatype, count, spec.name)
             offset += size
+            if array.dtype.kind == "f":
+                check_missing_values(model, spec, array)
         elif "data" in tensor:
-            array = _decode_json(spec, tensor["data"], count)
+            array = _decode_json(model, spec, tensor["data"], count)
         else:
             raise InvalidRequestError(f"input {spec.name!r} has neither 'data' nor parameters.binary_data_size")
         if rows is None:
             rows = shape[0]
         elif shape[0] != rows:
             raise InvalidRequestError(f"input {spec.name!r} has {shape[0]} rows but earlier inputs have {rows}")
-        feed[spec.name] = _check_values(model, spec, array.reshape(shape))
+        feed[spec.name] = array.reshape(shape)
     if offset != len(tail):
         raise InvalidRequestError(f"the body carries {len(tail)} bytes of binary data but inputs claim {offset}")
     missing = [spec.name for spec in model.inputs if spec.name not in feed]
@@ -87,17 +180,7 @@ def parse_infer_request(document: Any, model: Model, tail: bytes, max_rows: int)
             f"missing input(s) {missing} for model {model.name!r}; it needs {_names(model.inputs)}"
         )
     assert rows is not None
-    check_rows(rows, max_rows)
-    parameters = document.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidRequestError(f"'parameters' must be an object, got {_kind(parameters)}")
-    return InferRequest(
-        id=request_id,
-        feed={spec.name: feed[spec.name] for spec in model.inputs},
-        rows=rows,
-        outputs=_requested_outputs(model, document.get("outputs"), bool(parameters.get("binary_data_output", False))),
-        timeout_s=_timeout(parameters.get("timeout")),
-    )
+    return feed, rows
 
 
 def check_rows(rows: int, max_rows: int) -> None:
@@ -172,9 +255,20 @@ def _check_shape(spec: TensorSpec, shape: Any, datatype: Any) -> list[int]:
     return shape
 
 
-def _decode_json(spec: TensorSpec, data: Any, count: int) -> npt.NDArray[Any]:
+def _decode_json(model: Model, spec: TensorSpec, data: Any, count: int) -> npt.NDArray[Any]:
     if not isinstance(data, list):
         raise InvalidRequestError(f"input {spec.name!r}: 'data' must be a list, got {_kind(data)}")
+    accepted = PYTHON_TYPES.get(spec.dtype.kind)
+    if accepted is not None and len(data) == count <= SMALL_TENSOR:
+        # Fast path for the common small, flat request: plain Python numbers inside the datatype's range
+        # cannot be NaN or infinite once converted (JSON has no such literals), so no numpy check follows.
+        low, high = BOUNDS[spec.datatype]
+        for value in data:
+            if type(value) not in accepted or not low <= value <= high:
+                break
+        else:
+            with contextlib.suppress(OverflowError):  # an integer at the very edge of int64: the slow path says so
+                return np.array(data, dtype=spec.dtype)
     if spec.datatype == "BYTES":
         flat = _flatten(data)
         bad = next((value for value in flat if not isinstance(value, str)), None)
@@ -198,6 +292,8 @@ def _decode_json(spec: TensorSpec, data: Any, count: int) -> npt.NDArray[Any]:
             )
         with np.errstate(over="ignore", invalid="ignore"):
             array = array.astype(spec.dtype)
+        if kind == "f":
+            check_missing_values(model, spec, array)
     if array.size != count:
         raise InvalidRequestError(f"input {spec.name!r} has {array.size} values; its shape needs {count}")
     return array
@@ -209,12 +305,6 @@ def _with_missing(data: list[Any], spec: TensorSpec) -> npt.NDArray[Any]:
     if not all(value is None or _is_kind(value, "f") for value in flat):
         return np.array(flat, dtype=object)  # reported as "expected numbers" by the caller
     return np.array([math.nan if value is None else value for value in flat], dtype=np.float64)
-
-
-def _check_values(model: Model, spec: TensorSpec, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    if array.dtype.kind == "f":
-        check_missing_values(model, spec, array)
-    return array
 
 
 def _requested_outputs(model: Model, outputs: Any, binary_default: bool) -> tuple[tuple[str, bool], ...]:
