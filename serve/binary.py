@@ -48,32 +48,41 @@ def decode_tensor(chunk: bytes, datatype: str, count: int, name: str) -> npt.NDA
 
 def encode_tensor(array: npt.NDArray[Any], datatype: str) -> bytes:
     if datatype == "BYTES":
-        parts = []
+        # Class labels repeat: encode each distinct value once per call.
+        encoded: dict[Any, bytes] = {}
         for item in array.ravel().tolist():
-            raw = item if isinstance(item, bytes) else str(item).encode()
-            parts.append(_LENGTH.pack(len(raw)))
-            parts.append(raw)
-        return b"".join(parts)
+            if item not in encoded:
+                raw = item if isinstance(item, bytes) else str(item).encode()
+                encoded[item] = _LENGTH.pack(len(raw)) + raw
+        return b"".join([encoded[item] for item in array.ravel().tolist()])
     return np.ascontiguousarray(array, dtype=V2_TO_NUMPY[datatype].newbyteorder("<")).tobytes()
 
 
 def _decode_bytes(chunk: bytes, count: int, name: str) -> npt.NDArray[Any]:
     values: list[str] = []
+    append = values.append
+    unpack = _LENGTH.unpack_from
+    decoded: dict[bytes, str] = {}  # categories repeat: decode each distinct value once
     offset, size = 0, len(chunk)
     while offset < size and len(values) < count:
         if offset + 4 > size:
             raise InvalidRequestError(f"input {name!r}: BYTES element {len(values)} has a truncated length prefix")
-        (length,) = _LENGTH.unpack_from(chunk, offset)
+        (length,) = unpack(chunk, offset)
         offset += 4
-        if offset + length > size:
+        end = offset + length
+        if end > size:
             raise InvalidRequestError(
                 f"input {name!r}: BYTES element {len(values)} claims {length} bytes, only {size - offset} remain"
             )
-        try:
-            values.append(chunk[offset : offset + length].decode())
-        except UnicodeDecodeError:
-            raise InvalidRequestError(f"input {name!r}: BYTES element {len(values)} is not valid UTF-8") from None
-        offset += length
+        raw = chunk[offset:end]
+        text = decoded.get(raw)
+        if text is None:
+            try:
+                text = decoded[raw] = raw.decode()
+            except UnicodeDecodeError:
+                raise InvalidRequestError(f"input {name!r}: BYTES element {len(values)} is not valid UTF-8") from None
+        append(text)
+        offset = end
     if len(values) != count or offset != size:
         raise InvalidRequestError(
             f"input {name!r}: binary data holds {len(values)} BYTES elements in {size} bytes, the shape needs {count}"
