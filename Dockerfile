@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# tabserve: serving image. Three stages: export the built-in examples (scikit-learn lives only here),
+# build a virtualenv with the serving dependencies, then a slim runtime with neither compilers nor
+# scikit-learn. Mount your own repository over /models to serve your models instead.
+
+FROM python:3.11-slim AS exporter
+WORKDIR /src
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY docker/requirements-export.txt ./
+RUN pip install --requirement requirements-export.txt
+COPY pyproject.toml README.md ./
+COPY export ./export
+COPY serve ./serve
+COPY loadtest ./loadtest
+RUN pip install --no-deps . && python -m export examples --out /models
+
+FROM python:3.11-slim AS builder
+WORKDIR /src
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Only the serving dependencies (numpy, onnxruntime, orjson, starlette, uvicorn, click), pinned to the
+# versions the tests ran with; docker/requirements-*.txt are `pip freeze` of clean virtualenvs.
+COPY docker/requirements-serve.txt ./
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --requirement requirements-serve.txt
+COPY pyproject.toml README.md ./
+COPY export ./export
+COPY serve ./serve
+COPY loadtest ./loadtest
+RUN /opt/venv/bin/pip install --no-deps .
+
+FROM python:3.11-slim
+# A numeric user, so Kubernetes' runAsNonRoot can verify it without resolving names.
+RUN groupadd --system --gid 10001 tabserve && useradd --system --uid 10001 --gid 10001 --no-create-home tabserve
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=exporter --chown=10001:10001 /models /models
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    OMP_NUM_THREADS=1 \
+    SERVE_HOST=0.0.0.0 \
+    SERVE_PORT=8000 \
+    SERVE_MODEL_DIR=/models
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
+CMD ["python", "-m", "serve"]

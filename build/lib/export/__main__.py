@@ -1,0 +1,282 @@
+"""python -m export: train or take a pipeline, convert it, gate it on parity, publish it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from export.convert import UnconvertibleStepError
+from export.parity import ParityError, Tolerance
+from export.training import ESTIMATORS
+
+OUT_OPTION = click.option(
+    "--out",
+    "model_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+    help="Model repository to publish into (models/<name>/<version>/).",
+)
+
+
+def tolerance_options(command: Any) -> Any:
+    """--atol/--rtol/--max-label-mismatches: the parity gate's thresholds."""
+    defaults = Tolerance()
+    for option in reversed(
+        [
+            click.option(
+                "--atol", type=float, default=defaults.atol, show_default=True, help="Parity: absolute tolerance."
+            ),
+            click.option(
+                "--rtol", type=float, default=defaults.rtol, show_default=True, help="Parity: relative tolerance."
+            ),
+            click.option(
+                "--max-label-mismatches",
+                type=click.IntRange(min=0),
+                default=defaults.max_label_mismatches,
+                show_default=True,
+                help="Parity: class labels allowed to differ.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+class Progress:
+    """Timestamped progress lines on stderr, so stdout stays the result."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        click.echo(f"[{time.monotonic() - self.started:6.1f}s] {message}", err=True)
+
+
+@click.group()
+def cli() -> None:
+    """Export scikit-learn pipelines to parity-verified, versioned ONNX models."""
+
+
+@cli.command()
+@OUT_OPTION
+@click.option("--only", multiple=True, help="Export only these examples (repeatable).")
+def examples(model_dir: Path, only: tuple[str, ...]) -> None:
+    """Train and publish the built-in examples."""
+    from export.examples import EXAMPLES, train_example
+    from export.publish import export_pipeline
+
+    unknown = sorted(set(only) - set(EXAMPLES))
+    if unknown:
+        raise click.BadParameter(f"unknown example(s) {unknown}; known: {sorted(EXAMPLES)}", param_hint="--only")
+    progress = Progress()
+    for name, example in EXAMPLES.items():
+        if only and name not in only:
+            continue
+        progress(f"{name}: training ({example.description})")
+        trained = train_example(example)
+        with refusals():
+            published = export_pipeline(
+                trained.pipeline,
+                name=name,
+                model_dir=model_dir,
+                training_frame=trained.train_frame,
+                check_frame=trained.check_frame,
+                task=example.task,
+                description=example.description,
+                target=trained.target,
+                metrics=trained.metrics,
+                search=trained.search,
+                progress=progress,
+            )
+        _summarise(published)
+
+
+@cli.command()
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--target", required=True, help="Column to predict.")
+@click.option("--estimator", type=click.Choice(sorted(ESTIMATORS)), required=True, help="Model family.")
+@click.option("--name", required=True, help="Model name in the repository.")
+@click.option("--task", type=click.Choice(["auto", "regression", "classification"]), default="auto", show_default=True)
+@click.option(
+    "--folds", type=click.IntRange(min=2, max=20), default=5, show_default=True, help="Cross-validation folds."
+)
+@click.option("--grid", is_flag=True, help="Run a small grid search over the estimator's main parameters.")
+@click.option("--test-size", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True, help="Held-out share.")
+@OUT_OPTION
+@tolerance_options
+def train(
+    data: Path,
+    target: str,
+    estimator: str,
+    name: str,
+    task: str,
+    folds: int,
+    grid: bool,
+    test_size: float,
+    model_dir: Path,
+    atol: float,
+    rtol: float,
+    max_label_mismatches: int,
+) -> None:
+    """Train on a CSV: impute, scale, one-hot encode, cross-validate, convert, verify, publish."""
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    from export.features import prepare_frame
+    from export.publish import export_pipeline
+    from export.training import SEED, infer_task
+    from export.training import train as train_pipeline
+
+    progress = Progress()
+    frame = _read_csv(data)
+    if target not in frame.columns:
+        raise click.BadParameter(
+            f"column {target!r} is not in {data} (columns: {list(frame.columns)})", param_hint="--target"
+        )
+    labels = frame.pop(target)
+    if labels.isna().any():
+        progress(f"dropping {int(labels.isna().sum())} rows with no {target!r}")
+        frame, labels = frame[labels.notna()], labels[labels.notna()]
+    chosen = infer_task(labels) if task == "auto" else task
+    if chosen == "classification":
+        labels = labels.map(str) if not pd.api.types.is_integer_dtype(labels) else labels
+    prepared = prepare_frame(frame)
+    progress(f"{len(prepared)} rows, {prepared.shape[1]} features, task {chosen}")
+    stratify = labels if chosen == "classification" and labels.value_counts().min() >= 2 else None
+    train_x, test_x, train_y, test_y = train_test_split(
+        prepared, labels, test_size=test_size, random_state=SEED, stratify=stratify
+    )
+    try:
+        result = train_pipeline(train_x, train_y, estimator, chosen, folds=folds, grid=grid, progress=progress)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    metrics = dict(result.metrics)
+    metrics["holdout"] = {"rows": len(test_x), "score": float(result.pipeline.score(test_x, test_y))}
+    with refusals():
+        published = export_pipeline(
+            result.pipeline,
+            name=name,
+            model_dir=model_dir,
+            training_frame=train_x,
+            check_frame=test_x,
+            task=chosen,
+            description=f"{estimator} trained on {data.name} to predict {target}",
+            target=target,
+            metrics=metrics,
+            search=result.search,
+            tolerance=Tolerance(atol, rtol, max_label_mismatches),
+            progress=progress,
+        )
+    _summarise(published)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--sample",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV of rows the pipeline accepts: gives column names and types, and the parity rows.",
+)
+@click.option(
+    "--target", default=None, help="Target column in the sample, dropped from the inputs and used for a score."
+)
+@click.option("--name", required=True, help="Model name in the repository.")
+@OUT_OPTION
+@tolerance_options
+def pipeline(
+    model: Path,
+    sample: Path,
+    target: str | None,
+    name: str,
+    model_dir: Path,
+    atol: float,
+    rtol: float,
+    max_label_mismatches: int,
+) -> None:
+    """Publish a pipeline you already trained (joblib). Load only files you trust: joblib runs pickles."""
+    import joblib
+    from sklearn.base import is_classifier
+
+    from export.convert import with_column_inputs
+    from export.features import prepare_frame
+    from export.publish import export_pipeline
+
+    progress = Progress()
+    fitted = joblib.load(model)
+    frame = _read_csv(sample)
+    labels = frame.pop(target) if target else None
+    expected = getattr(fitted, "feature_names_in_", None)
+    if expected is not None:
+        missing = [column for column in expected if column not in frame.columns]
+        if missing:
+            raise click.BadParameter(
+                f"the sample lacks columns the pipeline was fitted on: {missing}", param_hint="--sample"
+            )
+        frame = frame[list(expected)]
+    prepared = prepare_frame(frame)
+    fitted = with_column_inputs(fitted, prepared)
+    task = "classification" if is_classifier(fitted) else "regression"
+    metrics: dict[str, Any] = {}
+    if labels is not None:
+        metrics["sample"] = {"rows": len(prepared), "score": float(fitted.score(prepared, labels))}
+    with refusals():
+        published = export_pipeline(
+            fitted,
+            name=name,
+            model_dir=model_dir,
+            training_frame=prepared,
+            check_frame=prepared,
+            task=task,
+            description=f"{type(fitted).__name__} from {model.name}",
+            target=target,
+            metrics=metrics,
+            tolerance=Tolerance(atol, rtol, max_label_mismatches),
+            progress=progress,
+        )
+    _summarise(published)
+
+
+def _read_csv(path: Path) -> Any:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{path} is not a readable CSV: {exc}") from exc
+    if frame.empty:
+        raise click.BadParameter(f"{path} has no rows")
+    return frame
+
+
+@contextlib.contextmanager
+def refusals() -> Iterator[None]:
+    """A refused model is a clean non-zero exit with the reason, and nothing written."""
+    try:
+        yield
+    except (ParityError, UnconvertibleStepError) as exc:
+        click.echo(f"error: {exc}\nnothing was published.", err=True)
+        raise click.exceptions.Exit(1) from exc
+
+
+def _summarise(published: Any) -> None:
+    card = published.card
+    parity = ", ".join(
+        f"{name} max_abs={item['max_abs_error']:.3g} max_rel={item['max_rel_error']:.3g}"
+        for name, item in card["parity"]["outputs"].items()
+    )
+    cv = card["metrics"].get("cv", {})
+    scores = ", ".join(
+        f"{metric} {value['mean']:.4f}±{value['std']:.4f}" for metric, value in cv.items() if isinstance(value, dict)
+    )
+    click.echo(f"{published.name} v{published.version}: {card['estimator']}; CV {scores or 'n/a'}; parity {parity}")
+
+
+if __name__ == "__main__":
+    cli(prog_name="python -m export")

@@ -1,0 +1,140 @@
+"""The model card (model.json), the golden vectors (golden.json) and the ONNX metadata_props.
+
+Field by field, the card is documented in docs/model-repository.md; serve/ reads nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from export.features import Feature
+
+CARD_FORMAT = "tabserve.model/1"
+ONNX_TO_V2 = {
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.DOUBLE: "FP64",
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.STRING: "BYTES",
+    onnx.TensorProto.BOOL: "BOOL",
+}
+VERSIONED_PACKAGES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy")
+
+
+def library_versions(model: onnx.ModelProto) -> dict[str, Any]:
+    found: dict[str, Any] = {package: metadata.version(package) for package in VERSIONED_PACKAGES}
+    found["python"] = platform.python_version()
+    found["opset"] = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+    return found
+
+
+def tensor_specs(values: Any) -> list[dict[str, Any]]:
+    """Graph inputs/outputs as V2 tensor metadata: name, datatype, shape with -1 for dynamic dims."""
+    specs = []
+    for value in values:
+        tensor = value.type.tensor_type
+        shape = [dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor.shape.dim]
+        specs.append({"name": value.name, "datatype": ONNX_TO_V2[tensor.elem_type], "shape": shape})
+    return specs
+
+
+def sha256_hex(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def build_card(
+    *,
+    name: str,
+    version: int,
+    model: onnx.ModelProto,
+    task: str,
+    description: str,
+    features: list[Feature],
+    classes: list[Any] | None,
+    target: str | None,
+    estimator: str,
+    metrics: dict[str, Any],
+    search: dict[str, Any] | None,
+    parity: dict[str, Any],
+    golden_rows: int,
+) -> dict[str, Any]:
+    """Everything a client or another runtime needs to know about one published version."""
+    return {
+        "format": CARD_FORMAT,
+        "name": name,
+        "version": version,
+        "task": task,
+        "description": description,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "estimator": estimator,
+        "target": target,
+        "inputs": tensor_specs(model.graph.input),
+        "outputs": tensor_specs(model.graph.output),
+        "features": [feature.to_json() for feature in features],
+        "classes": classes,
+        "metrics": metrics,
+        "search": search,
+        "parity": parity,
+        "versions": library_versions(model),
+        "files": {"model": "model.onnx", "golden": "golden.json"},
+        "golden_rows": golden_rows,
+    }
+
+
+def add_metadata(model: onnx.ModelProto, card: dict[str, Any]) -> None:
+    """Copy what another runtime needs into the ONNX file itself (custom_metadata_map in onnxruntime)."""
+    del model.metadata_props[:]
+    entries = {
+        "tabserve.format": CARD_FORMAT,
+        "tabserve.name": card["name"],
+        "tabserve.task": card["task"],
+        "tabserve.features": json.dumps(card["features"]),
+        "tabserve.classes": json.dumps(card["classes"]),
+        "tabserve.parity": json.dumps(card["parity"]),
+        "tabserve.versions": json.dumps(card["versions"]),
+    }
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name = "tabserve"
+    model.model_version = int(card["version"])
+    model.doc_string = card["description"]
+
+
+def encode_tensor(array: npt.NDArray[Any], datatype: str) -> dict[str, Any]:
+    """A V2-style JSON tensor; NaN (a missing numeric value) is written as null."""
+    values: list[Any]
+    if datatype == "BYTES":
+        values = [str(item) for item in array.ravel().tolist()]
+    elif array.dtype.kind == "f":
+        values = [None if math.isnan(item) else item for item in array.astype(np.float64).ravel().tolist()]
+    else:
+        values = array.ravel().tolist()
+    return {"datatype": datatype, "shape": list(array.shape), "data": values}
+
+
+def build_golden(
+    feed: dict[str, npt.NDArray[Any]], outputs: dict[str, npt.NDArray[Any]], card: dict[str, Any]
+) -> dict[str, Any]:
+    """Inputs and scikit-learn's outputs for them, readable from any language."""
+    input_types = {spec["name"]: spec["datatype"] for spec in card["inputs"]}
+    output_types = {spec["name"]: spec["datatype"] for spec in card["outputs"]}
+    return {
+        "format": CARD_FORMAT,
+        "note": "outputs are scikit-learn's; null in FP32 inputs means a missing value (NaN)",
+        "inputs": {name: encode_tensor(array, input_types[name]) for name, array in feed.items()},
+        "outputs": {name: encode_tensor(array, output_types[name]) for name, array in outputs.items()},
+    }
+
+
+def dumps(document: dict[str, Any]) -> bytes:
+    return (json.dumps(document, indent=2, allow_nan=False) + "\n").encode()

@@ -1,0 +1,132 @@
+"""Convert, gate and publish: the one path every exported model takes into the repository."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+from export import card as cards
+from export.convert import convert_pipeline
+from export.features import describe_features
+from export.parity import ParityError, ParityReport, Tolerance, accepts_missing, check_parity, edge_rows, onnx_feed
+from export.repository import CARD_FILE, GOLDEN_FILE, MODEL_FILE, check_name, publish
+
+MAX_PARITY_ROWS = 2000
+DEFAULT_TOLERANCE = Tolerance()
+MAX_GOLDEN_ROWS = 64
+
+
+@dataclass(frozen=True)
+class Published:
+    """Where a model went and what the gate measured."""
+
+    name: str
+    version: int
+    path: Path
+    parity: ParityReport
+    card: dict[str, Any]
+
+
+def export_pipeline(
+    pipeline: BaseEstimator,
+    *,
+    name: str,
+    model_dir: Path,
+    training_frame: pd.DataFrame,
+    check_frame: pd.DataFrame,
+    task: str,
+    description: str,
+    target: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    search: dict[str, Any] | None = None,
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
+    progress: Callable[[str], None] = lambda message: None,
+) -> Published:
+    """Convert `pipeline`, check it on `check_frame` plus edge rows, and publish it if it passes.
+
+    `training_frame` (prepared: float32 numbers, '' for missing strings) gives the features' ranges and
+    categories; `check_frame` holds the held-out rows. Raises ParityError or UnconvertibleStepError
+    and writes nothing when the model is refused.
+    """
+    check_name(name)
+    progress("converting with skl2onnx")
+    model = convert_pipeline(pipeline, training_frame)
+    missing = accepts_missing(pipeline, training_frame, list(training_frame.columns))
+    input_names = [value.name for value in model.graph.input]
+    features = describe_features(training_frame, missing, input_names)
+    edges = edge_rows(training_frame, features)
+    rows = pd.concat([check_frame.iloc[:MAX_PARITY_ROWS], edges], ignore_index=True)
+    progress(f"parity check on {len(rows) - len(edges)} held-out rows and {len(edges)} edge rows")
+    report, expected = check_parity(pipeline, model.SerializeToString(), rows, tolerance, edges=len(edges))
+    if not report.passed:
+        raise ParityError(report)
+
+    golden_index = _golden_rows(len(rows) - len(edges), len(edges))
+    golden_feed = {key: value[golden_index] for key, value in onnx_feed(rows, input_names).items()}
+    golden_outputs = {key: value[golden_index] for key, value in expected.items()}
+    classes = [_plain(label) for label in getattr(pipeline, "classes_", [])] or None
+
+    def render(version: int) -> dict[str, bytes]:
+        card = cards.build_card(
+            name=name,
+            version=version,
+            model=model,
+            task=task,
+            description=description,
+            features=features,
+            classes=classes,
+            target=target,
+            estimator=_estimator_name(pipeline),
+            metrics=metrics or {},
+            search=search,
+            parity=report.to_json(),
+            golden_rows=len(golden_index),
+        )
+        cards.add_metadata(model, card)
+        model_bytes = model.SerializeToString()
+        _recheck_golden(model_bytes, golden_feed, golden_outputs, tolerance)
+        card["sha256"] = cards.sha256_hex(model_bytes)
+        return {
+            MODEL_FILE: model_bytes,
+            CARD_FILE: cards.dumps(card),
+            GOLDEN_FILE: cards.dumps(cards.build_golden(golden_feed, golden_outputs, card)),
+        }
+
+    version, path = publish(model_dir, name, render)
+    progress(f"published {name} version {version} at {path}")
+    card = json.loads((path / CARD_FILE).read_bytes())
+    return Published(name, version, path, report, card)
+
+
+def _golden_rows(held_out: int, edges: int) -> np.ndarray[Any, np.dtype[np.intp]]:
+    """Up to MAX_GOLDEN_ROWS held-out rows, then every edge row (unseen categories, missing values)."""
+    return np.concatenate([np.arange(min(held_out, MAX_GOLDEN_ROWS)), held_out + np.arange(edges)]).astype(np.intp)
+
+
+def _recheck_golden(model_bytes: bytes, feed: dict[str, Any], outputs: dict[str, Any], tolerance: Tolerance) -> None:
+    """The final bytes (metadata added) must still reproduce the golden vectors: a last self-check."""
+    import onnxruntime as ort
+
+    from export.parity import compare_outputs
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    names = list(outputs)
+    report = compare_outputs(outputs, dict(zip(names, session.run(names, feed), strict=True)), tolerance, len(feed), 0)
+    if not report.passed:
+        raise ParityError(report)
+
+
+def _estimator_name(pipeline: BaseEstimator) -> str:
+    steps = getattr(pipeline, "steps", None)
+    return type(steps[-1][1] if steps else pipeline).__name__
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

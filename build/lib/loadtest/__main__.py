@@ -1,0 +1,116 @@
+"""python -m loadtest: `run` a scenario against its budget, or `bench` tabserve side by side."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from loadtest.runner import SCENARIOS, RunOptions, run_scenario
+from loadtest.servers import clean_env, free_port, server_process, tabserve_command
+
+DEFAULT_BUDGETS = Path(__file__).with_name("budgets.toml")
+
+
+@click.group()
+def cli() -> None:
+    """Load tests for tabserve: locust scenarios against latency budgets, and a benchmark."""
+
+
+@contextlib.contextmanager
+def target(host: str | None, serve: Path | None) -> Iterator[str]:
+    """The URL to load: --host as given, or a tabserve started on --serve's model repository."""
+    if serve is None:
+        assert host is not None
+        yield host.rstrip("/")
+        return
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = tabserve_command(serve, port, "--log-level", "warning")
+    with server_process(command, f"{url}/v2/health/ready", clean_env()):
+        yield url
+
+
+@cli.command()
+@click.option("--scenario", type=click.Choice(sorted(SCENARIOS)), required=True)
+@click.option(
+    "--budgets",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DEFAULT_BUDGETS,
+    show_default=True,
+    help="TOML with a [scenario] table of p50_ms/p95_ms/p99_ms/max_error_rate/min_rps.",
+)
+@click.option("--host", default=None, help="Server to load, e.g. http://127.0.0.1:8000.")
+@click.option(
+    "--serve",
+    "serve_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Start tabserve on this model repository for the run instead of --host.",
+)
+@click.option("--model", default="penguins", show_default=True, help="Model for single-model scenarios.")
+@click.option("--users", type=click.IntRange(1, 1000), default=8, show_default=True, help="Closed-loop users.")
+@click.option("--run-time", "run_time_s", type=click.IntRange(1, 3600), default=20, show_default=True, help="Seconds.")
+@click.option("--rate", type=click.FloatRange(min=1), default=200.0, show_default=True, help="open-loop: requests/s.")
+@click.option(
+    "--step-seconds",
+    "step_s",
+    type=click.FloatRange(min=1),
+    default=5.0,
+    show_default=True,
+    help="step/spike: seconds per step.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("loadtest-results"),
+    show_default=True,
+)
+def run(scenario: str, budgets: Path, host: str | None, serve_dir: Path | None, model: str, users: int,
+        run_time_s: int, rate: float, step_s: float, out_dir: Path) -> None:  # fmt: skip
+    """Run one scenario headless; exit 1 naming every breached budget."""
+    if (host is None) == (serve_dir is None):
+        raise click.UsageError("give exactly one of --host URL or --serve MODEL_DIR")
+    with target(host, serve_dir) as url:
+        options = RunOptions(scenario, url, out_dir, users=users, spawn_rate=float(users), run_time_s=run_time_s,
+                             rate=rate, step_s=step_s, model=model)  # fmt: skip
+        report = run_scenario(options, budgets)
+    click.echo(report.files["summary"].read_text())
+    for name, path in report.files.items():
+        click.echo(f"{name}: {path}")
+    if report.breaches:
+        for breach in report.breaches:
+            click.echo(f"budget breached: {breach}", err=True)
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+)
+@click.option("--example", default="penguins", show_default=True, help="Model to benchmark (an example name).")
+@click.option("--loads", default="1,8,64", show_default=True, help="Connection counts.")
+@click.option("--reps", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option(
+    "--duration", "duration_s", type=click.IntRange(1, 120), default=5, show_default=True, help="Seconds per cell."
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("loadtest-results/bench"), show_default=True
+)
+def bench(model_dir: Path, example: str, loads: str, reps: int, duration_s: int, out: Path) -> None:
+    """tabserve (batching on/off) vs a bare Starlette endpoint vs Flask + scikit-learn vs raw onnxruntime."""
+    from loadtest.bench import markdown, run_benchmark
+
+    report = run_benchmark(model_dir, example, [int(load) for load in loads.split(",")], reps, duration_s, out)
+    click.echo(markdown(report))
+    click.echo(f"written: {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    cli(prog_name="python -m loadtest")

@@ -1,0 +1,366 @@
+"""The side-by-side benchmark: tabserve against its HTTP ceiling, itself unbatched, Flask, and raw onnxruntime.
+
+One run, systems interleaved cell by cell (A, B, A, B ...), every cell repeated; medians and ratios,
+because this machine's hypervisor steal moves absolute figures by up to 4.5x between minutes
+(shared/BENCHMARKING.md). Servers are pinned to core 0 and wrk to core 1 when `taskset` exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtest.payloads import ModelPayloads
+from loadtest.servers import clean_env, free_port, server_process, tabserve_command
+
+WRK_SCRIPT = """
+local file = io.open("{body}", "rb")
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+{headers}
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  local format = '{{"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, "p50_us": %f, "p99_us": %f}}\\n'
+  io.write(string.format(format, summary.requests, summary.duration, errors, summary.errors.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Cell:
+    payload: str
+    connections: int
+    system: str
+
+
+@dataclass
+class Measurement:
+    requests_per_s: float
+    rows_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    server_cpu_s: float
+    steal_share: float
+    duration_s: float
+
+    @property
+    def per_cpu_second(self) -> float:
+        """Requests per second of server CPU: steadier than requests/s when the hypervisor steals time."""
+        return self.requests_per_s * self.duration_s / self.server_cpu_s if self.server_cpu_s else 0.0
+
+
+PAYLOADS: dict[str, tuple[int, bool]] = {"1-row json": (1, False), "100-row json": (100, False),
+                                         "1-row binary": (1, True), "100-row binary": (100, True)}  # fmt: skip
+SYSTEMS_BY_PAYLOAD: dict[str, list[str]] = {
+    "1-row json": ["tabserve", "tabserve-nobatch", "bare", "flask"],
+    "100-row json": ["tabserve", "tabserve-nobatch", "bare", "flask"],
+    "1-row binary": ["tabserve", "tabserve-nobatch"],
+    "100-row binary": ["tabserve", "tabserve-nobatch"],
+}
+
+
+def ensure_wrk() -> str:
+    """wrk comes from Debian; install it if this is root on a machine without it."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+        found = shutil.which("wrk")
+    if not found:
+        raise RuntimeError("wrk is needed for the benchmark: apt-get install wrk")
+    return found
+
+
+def pinned(core: int, command: list[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *command] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else command
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / ticks
+
+
+def steal_ticks() -> tuple[int, int]:
+    values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return values[7], sum(values)
+
+
+@contextlib.contextmanager
+def systems(model_dir: Path, example: str) -> Iterator[dict[str, tuple[str, int]]]:
+    """Start every server once (all pinned to core 0); yield name -> (base URL, pid)."""
+    env = clean_env({"OMP_NUM_THREADS": "1"})
+    commands = {
+        "tabserve": (tabserve_command, {}),
+        "tabserve-nobatch": (tabserve_command, {"SERVE_MAX_BATCH_SIZE": "1"}),
+    }
+    with contextlib.ExitStack() as stack:
+        started: dict[str, tuple[str, int]] = {}
+        for name, (_, extra) in commands.items():
+            port = free_port()
+            command = pinned(0, tabserve_command(model_dir, port, "--log-level", "warning"))
+            process = stack.enter_context(
+                server_process(command, f"http://127.0.0.1:{port}/v2/health/ready", {**env, **extra})
+            )
+            started[name] = (f"http://127.0.0.1:{port}", process.pid)
+        port = free_port()
+        bare = [sys.executable, "-m", "uvicorn", "loadtest.bare:app", "--port", str(port), "--loop", "uvloop",
+                "--http", "httptools", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        process = stack.enter_context(server_process(pinned(0, bare), f"http://127.0.0.1:{port}/v2/health/ready", env))
+        started["bare"] = (f"http://127.0.0.1:{port}", process.pid)
+        port = free_port()
+        flask = [sys.executable, "-m", "loadtest.flask_baseline", "--port", str(port), "--example", example]
+        process = stack.enter_context(server_process(pinned(0, flask), f"http://127.0.0.1:{port}/v2/health/ready", env))
+        started["flask"] = (f"http://127.0.0.1:{port}", process.pid)
+        yield started
+
+
+def run_wrk(
+    wrk: str, url: str, body: bytes, headers: dict[str, str], connections: int, duration_s: int
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        body_file = Path(folder) / "body"
+        body_file.write_bytes(body)
+        header_lines = "\n".join(f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items())
+        script = Path(folder) / "post.lua"
+        script.write_text(WRK_SCRIPT.format(body=body_file, headers=header_lines))
+        command = pinned(
+            1, [wrk, "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(script), url]
+        )
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 30, check=True)
+    last = [line for line in completed.stdout.splitlines() if line.startswith("{")][-1]
+    result: dict[str, Any] = json.loads(last)
+    return result
+
+
+def measure(wrk: str, base: str, pid: int, payload: Any, connections: int, rows: int, duration_s: int) -> Measurement:
+    cpu_before, (steal_before, total_before) = cpu_seconds(pid), steal_ticks()
+    result = run_wrk(wrk, base + payload.path, payload.body, payload.headers, connections, duration_s)
+    cpu_after, (steal_after, total_after) = cpu_seconds(pid), steal_ticks()
+    seconds = result["duration_us"] / 1e6
+    good = result["requests"] - result["non2xx"]
+    return Measurement(
+        requests_per_s=good / seconds,
+        rows_per_s=good * rows / seconds,
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        errors=result["errors"] + result["non2xx"],
+        server_cpu_s=cpu_after - cpu_before,
+        steal_share=(steal_after - steal_before) / max(total_after - total_before, 1),
+        duration_s=seconds,
+    )
+
+
+def in_process_rows_per_s(model_dir: Path, model: ModelPayloads, rows: int, seconds: float = 2.0) -> float:
+    """The model ceiling: onnxruntime called directly at this batch size, one thread."""
+    import onnxruntime as ort
+
+    from serve.model import _golden_array
+
+    folder = max(
+        (path for path in (model_dir / model.name).iterdir() if path.name.isdigit()), key=lambda p: int(p.name)
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    golden = {name: _golden_array(tensor) for name, tensor in model.golden["inputs"].items()}
+    picks = np.arange(rows) % model.rows
+    feed = {name: array[picks] for name, array in golden.items()}
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, feed)
+        calls += 1
+    return calls * rows / (time.perf_counter() - started)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def run_benchmark(
+    model_dir: Path, example: str, loads: list[int], reps: int, duration_s: int, out: Path
+) -> dict[str, Any]:
+    from urllib.request import urlopen
+
+    from loadtest.payloads import fetch_models
+
+    wrk = ensure_wrk()
+    out.mkdir(parents=True, exist_ok=True)
+    raw: dict[str, list[dict[str, Any]]] = {}
+    with systems(model_dir, example) as started:
+        base = started["tabserve"][0]
+
+        def get_json(path: str) -> Any:
+            with urlopen(base + path, timeout=10) as response:
+                return json.loads(response.read())
+
+        (model,) = fetch_models(get_json, [example])
+        bodies = {
+            name: (model.v2_binary if binary else model.v2_json)(list(np.arange(rows) % model.rows))
+            for name, (rows, binary) in PAYLOADS.items()
+        }
+        for rep in range(reps):
+            for payload_name, (rows, _) in PAYLOADS.items():
+                for connections in loads:
+                    order = SYSTEMS_BY_PAYLOAD[payload_name]
+                    order = order[rep % len(order) :] + order[: rep % len(order)]  # rotate who goes first
+                    for system in order:
+                        url, pid = started[system]
+                        measured = measure(wrk, url, pid, bodies[payload_name], connections, rows, duration_s)
+                        key = json.dumps(asdict(Cell(payload_name, connections, system)))
+                        raw.setdefault(key, []).append({**asdict(measured), "per_cpu_second": measured.per_cpu_second})
+                        print(f"rep {rep + 1} {payload_name:>14} c={connections:<3} {system:<17} "
+                              f"{measured.requests_per_s:9.0f} req/s p50 {measured.p50_ms:7.3f} ms "
+                              f"errors {measured.errors} steal {measured.steal_share:.0%}", flush=True)  # fmt: skip
+        generator = compare_generators(wrk, started["bare"], bodies["1-row json"], duration_s)
+    ceiling = {rows: in_process_rows_per_s(model_dir, model, rows) for rows in (1, 100)}
+    report = summarise(raw, ceiling, generator)
+    report["machine"] = machine()
+    report["settings"] = {"example": example, "loads": loads, "reps": reps, "duration_s": duration_s}
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    (out / "bench.md").write_text(markdown(report))
+    chart(report, out / "bench.png")
+    return report
+
+
+def compare_generators(wrk: str, bare: tuple[str, int], payload: Any, duration_s: int) -> dict[str, float]:
+    """Which load generator is faster against the bare endpoint at 64 connections: wrk or one locust process."""
+    url, _ = bare
+    wrk_rps = run_wrk(wrk, url + payload.path, payload.body, payload.headers, 64, duration_s)
+    with tempfile.TemporaryDirectory() as folder:
+        locustfile = Path(folder) / "ceiling.py"
+        locustfile.write_text(
+            "from locust import FastHttpUser, task, constant\n"
+            f"BODY = {payload.body!r}\n"
+            "class Ceiling(FastHttpUser):\n"
+            "    wait_time = constant(0)\n"
+            "    @task\n"
+            "    def post(self):\n"
+            f"        self.client.post({payload.path!r}, data=BODY)\n"
+        )
+        command = pinned(1, [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--host", url,
+                             "-u", "64", "-r", "64", "-t", f"{duration_s}s", "--json", "--skip-log"])  # fmt: skip
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
+    totals = json.loads(completed.stdout)
+    requests = sum(entry["num_requests"] for entry in totals)
+    elapsed = max(entry["last_request_timestamp"] for entry in totals) - min(entry["start_time"] for entry in totals)
+    return {"wrk_rps": wrk_rps["requests"] / (wrk_rps["duration_us"] / 1e6), "locust_rps": requests / elapsed}
+
+
+def summarise(
+    raw: dict[str, list[dict[str, Any]]], ceiling: dict[int, float], generator: dict[str, float]
+) -> dict[str, Any]:
+    cells = []
+    for key, runs in raw.items():
+        cell = json.loads(key)
+        medians = {field: statistics.median(run[field] for run in runs) for field in runs[0]}
+        cells.append({**cell, **medians, "runs": len(runs)})
+
+    def median_of(payload: str, connections: int, system: str, field: str) -> float:
+        for cell in cells:
+            if (cell["payload"], cell["connections"], cell["system"]) == (payload, connections, system):
+                return float(cell[field])
+        return float("nan")
+
+    loads = sorted({cell["connections"] for cell in cells})
+    top = max(loads)
+    ratios = {
+        f"{top} conn 1-row json: tabserve / bare (>= 0.85)": median_of("1-row json", top, "tabserve", "requests_per_s")
+        / median_of("1-row json", top, "bare", "requests_per_s"),
+        f"{top} conn 1-row json: tabserve / flask (>= 50)": median_of("1-row json", top, "tabserve", "requests_per_s")
+        / median_of("1-row json", top, "flask", "requests_per_s"),
+        "1 conn 1-row json: p50 tabserve - bare, ms (<= 0.15)": median_of("1-row json", 1, "tabserve", "p50_ms")
+        - median_of("1-row json", 1, "bare", "p50_ms"),
+    }
+    for payload in ("100-row json", "100-row binary"):
+        for connections in loads:
+            ratios[f"{connections} conn {payload}: batching / no batching (>= 1)"] = median_of(
+                payload, connections, "tabserve", "rows_per_s"
+            ) / median_of(payload, connections, "tabserve-nobatch", "rows_per_s")
+    ratios[f"{top} conn 100-row binary: rows/s / in-process onnxruntime at 100 (>= 0.5)"] = (
+        median_of("100-row binary", top, "tabserve", "rows_per_s") / ceiling[100]
+    )
+    return {"cells": cells, "ratios": ratios, "in_process_rows_per_s": ceiling, "generator": generator}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "| payload | conns | system | req/s | rows/s | p50 ms | p99 ms | req per server-CPU-s | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in report["cells"]:
+        lines.append(
+            f"| {cell['payload']} | {cell['connections']} | {cell['system']} | {cell['requests_per_s']:.0f} | "
+            f"{cell['rows_per_s']:.0f} | {cell['p50_ms']:.3f} | {cell['p99_ms']:.3f} | {cell['per_cpu_second']:.0f} | "
+            f"{cell['errors']:.0f} |"
+        )
+    lines += ["", "| ratio (target) | measured |", "|---|---|"]
+    lines += [f"| {name} | {value:.3f} |" for name, value in report["ratios"].items()]
+    ceiling = report["in_process_rows_per_s"]
+    generator = report["generator"]
+    lines += [
+        "",
+        f"In-process onnxruntime (1 thread): {ceiling[1]:.0f} rows/s at batch 1, "
+        f"{ceiling[100]:.0f} rows/s at batch 100.",
+        f"Load generator against the bare endpoint, 64 connections: wrk {generator['wrk_rps']:.0f} req/s, "
+        f"one locust process {generator['locust_rps']:.0f} req/s.",
+    ]
+    if "machine" in report:
+        machine_info = report["machine"]
+        lines.append(f"Machine: {machine_info['cpu']}, {machine_info['cores']} cores, Python {machine_info['python']}.")
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [cell for cell in report["cells"] if cell["payload"] == "1-row json"]
+    systems_seen = sorted({cell["system"] for cell in cells})
+    loads = sorted({cell["connections"] for cell in cells})
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(systems_seen)
+    for index, system in enumerate(systems_seen):
+        values = [
+            next((c["requests_per_s"] for c in cells if c["system"] == system and c["connections"] == load), 0)
+            for load in loads
+        ]
+        axis.bar([position + index * width for position in range(len(loads))], values, width, label=system)
+    axis.set_xticks([position + 0.4 - width / 2 for position in range(len(loads))], [f"{load} conn" for load in loads])
+    axis.set_ylabel("requests/s (median)")
+    axis.set_title("1-row JSON requests, penguins model, server on one core")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,205 @@
+"""Locust scenarios for tabserve, built from the served models' metadata and golden vectors.
+
+Tags pick the scenario (`--tags v2-json`); every response is validated against the golden vectors.
+Settings come from TABSERVE_* variables set by `python -m loadtest run`:
+  TABSERVE_MODEL      model for the single-model scenarios (default: penguins, else the first one)
+  TABSERVE_RATE       requests/s for OpenLoopUser (fixed arrival rate, independent of responses)
+  TABSERVE_SHAPE      "step" or "spike" to drive users by StepShape
+  TABSERVE_TIMINGS    file to write exact client-side latencies to (locust's own are bucketed)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import time
+from typing import Any
+
+import gevent
+import gevent.pool
+from locust import FastHttpUser, LoadTestShape, constant, events, tag, task
+from locust.env import Environment
+
+from loadtest.payloads import ModelPayloads, Payload, decode_outputs, fetch_models, mismatch, records_outputs
+
+BAD_SHARE = 0.2
+BATCH_ROWS = 100
+MAX_SAMPLES = 500_000
+CATALOG: dict[str, ModelPayloads] = {}
+SAMPLES: dict[str, list[float]] = {}
+
+
+@events.test_start.add_listener
+def load_catalog(environment: Environment, **kwargs: Any) -> None:
+    """Fetch metadata and golden vectors once per process, before any user starts."""
+    import urllib.request
+
+    host = (environment.host or "").rstrip("/")
+
+    def get_json(path: str) -> Any:
+        with urllib.request.urlopen(host + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    for model in fetch_models(get_json):
+        CATALOG[model.name] = model
+
+
+@events.request.add_listener
+def record_exact_latency(name: str, response_time: float, **kwargs: Any) -> None:
+    """Locust rounds below 100 ms to whole milliseconds; keep the exact figure for sub-ms budgets."""
+    samples = SAMPLES.setdefault(name, [])
+    if len(samples) < MAX_SAMPLES:
+        samples.append(response_time)
+
+
+@events.quitting.add_listener
+def write_exact_latency(environment: Environment, **kwargs: Any) -> None:
+    path = os.environ.get("TABSERVE_TIMINGS")
+    if path:
+        with open(path, "w") as handle:
+            json.dump(SAMPLES, handle)
+
+
+def chosen_model() -> ModelPayloads:
+    wanted = os.environ.get("TABSERVE_MODEL", "penguins")
+    return CATALOG.get(wanted) or next(iter(CATALOG.values()))
+
+
+class Scenarios:
+    """The requests every user kind sends; `send` validates the answer."""
+
+    client: Any
+
+    def send(self, payload: Payload, name: str) -> None:
+        with self.client.post(
+            payload.path, data=payload.body, headers=payload.headers, name=name, catch_response=True
+        ) as response:
+            if response.status_code != payload.expected_status:
+                response.failure(
+                    f"status {response.status_code}, expected {payload.expected_status}: {response.text[:200]}"
+                )
+                return
+            if payload.expected is None:
+                response.success()  # a correct 4xx is the right answer to a bad request
+                return
+            if payload.path.endswith(":predict"):
+                got = records_outputs(response.content)
+            else:
+                got = decode_outputs(response.content, response.headers.get("Inference-Header-Content-Length"))
+            problem = mismatch(got, payload.expected)
+            if problem:
+                response.failure(problem)
+
+    def one_row(self, model: ModelPayloads) -> list[int]:
+        return [random.randrange(model.rows)]
+
+    def many_rows(self, model: ModelPayloads) -> list[int]:
+        return [random.randrange(model.rows) for _ in range(BATCH_ROWS)]
+
+
+class ScenarioUser(Scenarios, FastHttpUser):
+    """Closed loop: each user sends its next request when the previous one is answered."""
+
+    wait_time = constant(0)
+
+    @tag("v2-json")
+    @task
+    def v2_json(self) -> None:
+        model = chosen_model()
+        self.send(model.v2_json(self.one_row(model)), f"v2-json {model.name}")
+
+    @tag("records")
+    @task
+    def records(self) -> None:
+        model = chosen_model()
+        self.send(model.records(self.one_row(model)), f"records {model.name}")
+
+    @tag("batch100")
+    @task
+    def batch(self) -> None:
+        model = chosen_model()
+        self.send(model.v2_json(self.many_rows(model)), f"batch100 {model.name}")
+
+    @tag("binary")
+    @task
+    def binary(self) -> None:
+        model = chosen_model()
+        self.send(model.v2_binary(self.one_row(model)), f"binary {model.name}")
+
+    @tag("binary100")
+    @task
+    def binary_batch(self) -> None:
+        model = chosen_model()
+        self.send(model.v2_binary(self.many_rows(model)), f"binary100 {model.name}")
+
+    @tag("mixed")
+    @task
+    def mixed(self) -> None:
+        model = random.choice(list(CATALOG.values()))
+        self.send(model.v2_json(self.one_row(model)), f"mixed {model.name}")
+
+    @tag("bad")
+    @task
+    def with_bad_requests(self) -> None:
+        model = chosen_model()
+        if random.random() < BAD_SHARE:
+            self.send(random.choice(model.bad()), "bad 4xx")
+        else:
+            self.send(model.v2_json(self.one_row(model)), f"v2-json {model.name}")
+
+
+class OpenLoopUser(Scenarios, FastHttpUser):
+    """Open loop: requests leave at a fixed rate whether or not earlier ones were answered.
+
+    A closed loop slows down with the server and hides queueing delay; here a slow server means a
+    growing number of requests in flight (bounded: an arrival that finds max_in_flight requests
+    outstanding is recorded as a failure). Run exactly one of these users; TABSERVE_RATE sets the rate.
+    """
+
+    wait_time = constant(0)
+    max_in_flight = 512
+
+    @tag("open-loop")
+    @task
+    def arrivals(self) -> None:
+        rate = float(os.environ.get("TABSERVE_RATE", "200"))
+        pool = gevent.pool.Pool(self.max_in_flight)
+        model = chosen_model()
+        started = time.perf_counter()
+        for sent in itertools.count():
+            due = started + sent / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                gevent.sleep(delay)
+            if pool.full():
+                events.request.fire(
+                    request_type="POST",
+                    name=f"open-loop {model.name}",
+                    response_time=0.0,
+                    response_length=0,
+                    exception=RuntimeError(f"{self.max_in_flight} requests in flight: the server fell behind"),
+                )
+                continue
+            pool.spawn(self.send, model.v2_json(self.one_row(model)), f"open-loop {model.name}")
+
+
+# Locust uses any LoadTestShape it finds in the locustfile, overriding -u/-t: define it only when asked for.
+if os.environ.get("TABSERVE_SHAPE"):
+
+    class StepShape(LoadTestShape):
+        """Step load (users double every TABSERVE_STEP_S) or a spike (4, 64, 4 users): finds the knee."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.mode = os.environ.get("TABSERVE_SHAPE", "")
+            self.step_s = float(os.environ.get("TABSERVE_STEP_S", "5"))
+            self.steps = [1, 2, 4, 8, 16, 32, 64] if self.mode == "step" else [4, 64, 4]
+
+        def tick(self) -> tuple[int, float] | None:
+            step = int(self.get_run_time() // self.step_s)
+            if step >= len(self.steps):
+                return None
+            users = self.steps[step]
+            return users, float(users)

@@ -1,0 +1,191 @@
+"""Request bodies built from what a server says about its models (metadata + golden vectors).
+
+Nothing here is specific to one model: any model in the repository, the user's own included, gets
+single-row, batch, records, binary and bad payloads, each with the answer it must get back.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+V2_TO_NUMPY: dict[str, Any] = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "BOOL": "?"}
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One request: its body, its headers, and what a correct answer contains."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    expected_status: int
+    expected: dict[str, list[Any]] | None = None
+    """Output name -> flat values, for a 200; None when only the status is checked."""
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class ModelPayloads:
+    name: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    golden: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        first = next(iter(self.golden["inputs"].values()))
+        return int(first["shape"][0])
+
+    def column(self, name: str, rows: list[int]) -> list[Any]:
+        data = self.golden["inputs"][name]["data"]
+        return [data[row] for row in rows]
+
+    def expected(self, rows: list[int]) -> dict[str, list[Any]]:
+        expected = {}
+        for name, tensor in self.golden["outputs"].items():
+            width = int(np.prod(tensor["shape"][1:]))
+            expected[name] = [value for row in rows for value in tensor["data"][row * width : (row + 1) * width]]
+        return expected
+
+    def v2_json(self, rows: list[int]) -> Payload:
+        inputs = [
+            {
+                "name": spec["name"],
+                "datatype": spec["datatype"],
+                "shape": [len(rows), 1],
+                "data": self.column(spec["name"], rows),
+            }
+            for spec in self.inputs
+        ]
+        body = json.dumps({"inputs": inputs}).encode()
+        return Payload(
+            f"/v2/models/{self.name}/infer", body, {"Content-Type": "application/json"}, 200, self.expected(rows)
+        )
+
+    def v2_binary(self, rows: list[int]) -> Payload:
+        """Triton's binary tensor extension: every input and output as raw bytes after a JSON header."""
+        header_inputs, chunks = [], []
+        for spec in self.inputs:
+            raw = encode_binary(self.column(spec["name"], rows), spec["datatype"])
+            chunks.append(raw)
+            header_inputs.append(
+                {
+                    "name": spec["name"],
+                    "datatype": spec["datatype"],
+                    "shape": [len(rows), 1],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            )
+        header = json.dumps({"inputs": header_inputs, "parameters": {"binary_data_output": True}}).encode()
+        headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+        return Payload(
+            f"/v2/models/{self.name}/infer", header + b"".join(chunks), headers, 200, self.expected(rows), binary=True
+        )
+
+    def records(self, rows: list[int]) -> Payload:
+        instances = [
+            {
+                spec["name"]: value
+                for spec in self.inputs
+                if (value := self.golden["inputs"][spec["name"]]["data"][row]) is not None
+            }
+            for row in rows
+        ]
+        body = json.dumps({"instances": instances}).encode()
+        return Payload(
+            f"/v1/models/{self.name}:predict", body, {"Content-Type": "application/json"}, 200, self.expected(rows)
+        )
+
+    def bad(self) -> list[Payload]:
+        """Client mistakes and the status each must get: a correct 4xx counts as success."""
+        good = json.loads(self.v2_json([0]).body)
+        wrong_type = json.loads(self.v2_json([0]).body)
+        wrong_type["inputs"][0]["datatype"] = "INT8"
+        wrong_shape = json.loads(self.v2_json([0]).body)
+        wrong_shape["inputs"][0]["shape"] = [1, 7]
+        missing = {"inputs": good["inputs"][1:]} if len(good["inputs"]) > 1 else {"inputs": []}
+        path = f"/v2/models/{self.name}/infer"
+        json_headers = {"Content-Type": "application/json"}
+        return [
+            Payload(path, b'{"inputs": [', json_headers, 400),
+            Payload(path, json.dumps(wrong_type).encode(), json_headers, 400),
+            Payload(path, json.dumps(wrong_shape).encode(), json_headers, 400),
+            Payload(path, json.dumps(missing).encode(), json_headers, 400),
+            Payload(f"/v2/models/{self.name}-missing/infer", json.dumps(good).encode(), json_headers, 404),
+        ]
+
+
+def encode_binary(values: list[Any], datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(raw)) + raw for raw in (str(value).encode() for value in values))
+    array = np.array([np.nan if value is None else value for value in values], dtype=V2_TO_NUMPY[datatype])
+    return array.tobytes()
+
+
+def decode_outputs(body: bytes, header_length: str | None) -> dict[str, list[Any]]:
+    """A V2 response's outputs as flat lists, JSON or binary."""
+    header = body[: int(header_length)] if header_length else body
+    document = json.loads(header)
+    offset = len(header)
+    outputs: dict[str, list[Any]] = {}
+    for output in document["outputs"]:
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            outputs[output["name"]] = output["data"]
+            continue
+        raw = body[offset : offset + size]
+        offset += size
+        if output["datatype"] == "BYTES":
+            values, position = [], 0
+            while position < len(raw):
+                (length,) = struct.unpack_from("<I", raw, position)
+                values.append(raw[position + 4 : position + 4 + length].decode())
+                position += 4 + length
+            outputs[output["name"]] = values
+        else:
+            outputs[output["name"]] = np.frombuffer(raw, dtype=V2_TO_NUMPY[output["datatype"]]).tolist()
+    return outputs
+
+
+def records_outputs(body: bytes) -> dict[str, list[Any]]:
+    """The records endpoint's predictions in the V2 outputs' layout, to compare with golden outputs."""
+    predictions = json.loads(body)["predictions"]
+    if predictions and isinstance(predictions[0], dict):
+        return {
+            "label": [item["label"] for item in predictions],
+            "probabilities": [value for item in predictions for value in item["probabilities"].values()],
+        }
+    return {"variable": predictions}
+
+
+def mismatch(got: dict[str, list[Any]], expected: dict[str, list[Any]], tolerance: float = 1e-4) -> str | None:
+    """None when every output matches (labels exactly, numbers within tolerance); else what differs."""
+    for name, want in expected.items():
+        have = got.get(name)
+        if have is None or len(have) != len(want):
+            return f"output {name!r}: got {None if have is None else len(have)} values, expected {len(want)}"
+        if want and isinstance(want[0], str):
+            if have != want:
+                return f"output {name!r}: got {have[:3]}, expected {want[:3]}"
+        elif not np.allclose(
+            np.asarray(have, dtype=float), np.asarray(want, dtype=float), rtol=tolerance, atol=tolerance
+        ):
+            return f"output {name!r} differs from the golden vectors beyond {tolerance}"
+    return None
+
+
+def fetch_models(get_json: Any, names: list[str] | None = None) -> list[ModelPayloads]:
+    """Models from /v2/models/stats (every loaded one) or `names`, with metadata and golden vectors."""
+    if not names:
+        names = sorted({item["name"] for item in get_json("/v2/models/stats")["model_stats"]})
+    models = []
+    for name in names:
+        metadata = get_json(f"/v2/models/{name}")
+        golden = get_json(f"/v1/models/{name}/golden")
+        models.append(ModelPayloads(name, metadata["inputs"], metadata["outputs"], golden))
+    return models

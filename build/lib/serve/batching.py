@@ -1,0 +1,267 @@
+"""Micro-batching: concurrent requests to one model version share onnxruntime calls.
+
+One worker coroutine owns the queue. When idle it sleeps on a future that the next `submit` wakes, so
+a lone request runs at once (Triton's dynamic batcher with zero delay); under load the next batch is
+whatever queued while the previous one ran. Each item owns its future: one result per request, rows in
+order, cancelled or expired items skipped, and a failing batch retried item by item so that only the
+request that breaks the model fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from serve.errors import DeadlineExceededError, ModelNotReadyError, ServeError, ServerBusyError
+
+Feed = dict[str, npt.NDArray[Any]]
+Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
+logger = logging.getLogger("tabserve.batching")
+
+
+class InferenceFailedError(ServeError):
+    """The model raised on input that passed validation."""
+
+
+@dataclass(slots=True)
+class _Item:
+    feed: Feed
+    rows: int
+    signature: Signature
+    future: asyncio.Future[Feed]
+    deadline: float
+    enqueued: float
+
+
+@dataclass
+class BatchStats:
+    """Counters in Triton's statistics vocabulary; written only by the worker, read by endpoints."""
+
+    inference_count: int = 0
+    execution_count: int = 0
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    last_inference_ms: int = 0
+    batch_sizes: dict[int, list[int]] = field(default_factory=dict)
+    """rows -> [executions, compute ns]"""
+
+
+class MicroBatcher:
+    """Queue requests for one `run(feed) -> outputs` function and execute them in row-bounded batches."""
+
+    def __init__(
+        self,
+        run: Callable[[Feed], Feed],
+        *,
+        max_batch_size: int = 64,
+        max_batch_delay_ms: float = 0.0,
+        max_queue_size: int = 1024,
+        inline_batch_rows: int = 256,
+        executor: Executor | None = None,
+        name: str = "model",
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._run = run
+        self._max_batch_size = max_batch_size
+        self._delay_s = max_batch_delay_ms / 1000.0
+        self._max_queue_size = max_queue_size
+        self._inline_batch_rows = inline_batch_rows if executor is not None else float("inf")
+        self._executor = executor
+        self._name = name
+        self._on_batch = on_batch
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._running = False
+        self._closing = False
+        self.stats = BatchStats()
+
+    async def __aenter__(self) -> MicroBatcher:
+        self._worker = asyncio.create_task(self._work(), name=f"batcher:{self._name}")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not counting the batch that is running)."""
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        return self._running or bool(self._queue)
+
+    def submit(
+        self, feed: Feed, rows: int, deadline: float, signature: Signature | None = None
+    ) -> asyncio.Future[Feed]:
+        """Queue one request; its future gets exactly its own rows of every output.
+
+        `signature` (input names, dtypes, per-row shapes) decides who may share a batch; a caller that
+        has validated the feed against a fixed layout passes it, otherwise it is computed here.
+        """
+        if self._closing:
+            raise ModelNotReadyError(f"model {self._name} is shutting down and takes no new requests")
+        if len(self._queue) >= self._max_queue_size:
+            raise ServerBusyError(
+                f"model {self._name} has {len(self._queue)} requests queued, the limit; retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Feed] = loop.create_future()
+        if signature is None:
+            signature = feed_signature(feed)
+        self._queue.append(_Item(feed, rows, signature, future, deadline, loop.time()))
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        return future
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Stop taking requests, finish the queued ones (up to `timeout_s`), then stop the worker."""
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout_s
+        while self.busy and loop.time() < give_up:
+            await asyncio.sleep(0.005)
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(ModelNotReadyError(f"model {self._name} shut down before running"))
+        self._queue.clear()
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                self._wakeup = None
+            if self._delay_s and self._queued_rows() < self._max_batch_size:
+                await asyncio.sleep(self._delay_s)
+            batch = self._take_batch(loop.time())
+            if batch:
+                self._running = True
+                try:
+                    await self._execute(batch)
+                finally:
+                    self._running = False
+
+    def _queued_rows(self) -> int:
+        return sum(item.rows for item in self._queue)
+
+    def _take_batch(self, now: float) -> list[_Item]:
+        """Pop live items with the first one's signature, up to max_batch_size rows (a big one alone)."""
+        batch: list[_Item] = []
+        rows = 0
+        skipped: list[_Item] = []
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():  # cancelled: the client left or its deadline passed while waiting
+                self._queue.popleft()
+                continue
+            if item.deadline <= now:
+                self._queue.popleft()
+                item.future.set_exception(DeadlineExceededError(_late_message(item, now)))
+                continue
+            if batch and (rows + item.rows > self._max_batch_size):
+                break
+            self._queue.popleft()
+            if batch and item.signature != batch[0].signature:
+                skipped.append(item)  # different inputs or datatypes: the next batch
+                continue
+            batch.append(item)
+            rows += item.rows
+        self._queue.extendleft(reversed(skipped))
+        return batch
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        rows = sum(item.rows for item in batch)
+        feed = batch[0].feed if len(batch) == 1 else _concat([item.feed for item in batch])
+        started = time.perf_counter_ns()
+        try:
+            if rows <= self._inline_batch_rows:
+                # A small batch takes tens of microseconds: a thread hand-off would cost more than it saves.
+                outputs = self._run(feed)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feed)
+            parts = _split(outputs, [item.rows for item in batch])
+        except Exception as exc:
+            self._record(batch, rows, time.perf_counter_ns() - started, ok=False)
+            if len(batch) > 1:
+                for item in batch:  # find the culprit: each request alone, neighbours unharmed
+                    await self._execute([item])
+                return
+            logger.warning("model %s failed on a %d-row request: %s", self._name, rows, exc)
+            if not batch[0].future.done():
+                batch[0].future.set_exception(InferenceFailedError(f"model {self._name} failed on this input: {exc}"))
+            return
+        self._record(batch, rows, time.perf_counter_ns() - started, ok=True)
+        for item, part in zip(batch, parts, strict=True):
+            if not item.future.done():
+                item.future.set_result(part)
+
+    def _record(self, batch: list[_Item], rows: int, compute_ns: int, ok: bool) -> None:
+        stats = self.stats
+        now = asyncio.get_running_loop().time()
+        queue_ns = sum(int((now - item.enqueued) * 1e9) for item in batch) - compute_ns * len(batch)
+        stats.execution_count += 1
+        stats.compute_ns += compute_ns
+        stats.queue_ns += max(queue_ns, 0)
+        stats.last_inference_ms = int(time.time() * 1000)  # wall clock: Triton reports it as a timestamp
+        if ok:
+            stats.inference_count += rows
+            stats.success_count += len(batch)
+            stats.success_ns += compute_ns * len(batch)
+        else:
+            stats.fail_count += len(batch)
+            stats.fail_ns += compute_ns * len(batch)
+        entry = stats.batch_sizes.setdefault(rows, [0, 0])
+        entry[0] += 1
+        entry[1] += compute_ns
+        if self._on_batch is not None:
+            self._on_batch(rows, compute_ns / 1e9)
+
+
+def feed_signature(feed: Feed) -> Signature:
+    return tuple((name, array.dtype.str, tuple(array.shape[1:])) for name, array in feed.items())
+
+
+def _concat(feeds: list[Feed]) -> Feed:
+    return {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}
+
+
+def _split(outputs: Feed, rows: list[int]) -> list[Feed]:
+    """Cut every output along its first (batch) axis back into per-request parts."""
+    total = sum(rows)
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise ValueError(f"output {name!r} has shape {list(array.shape)}, not a batch of {total} rows")
+    if len(rows) == 1:
+        return [outputs]
+    parts, start = [], 0
+    for count in rows:
+        parts.append({name: array[start : start + count] for name, array in outputs.items()})
+        start += count
+    return parts
+
+
+def _late_message(item: _Item, now: float) -> str:
+    waited_ms = (now - item.enqueued) * 1000
+    return f"request waited {waited_ms:.0f} ms in the queue and passed its deadline before running"

@@ -1,0 +1,162 @@
+"""Thin handlers for everything but inference (see inference.py): health, metadata, config, statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serve import __version__
+from serve.datatypes import V2_TO_TRITON_CONFIG
+from serve.errors import ModelNotFoundError, ModelNotReadyError
+from serve.repository import ModelEntry, ModelRepository
+from serve.settings import Settings
+
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code, media_type="application/json"
+    )
+
+
+def _repository(request: Request) -> ModelRepository:
+    repository: ModelRepository = request.state.repository
+    return repository
+
+
+def _entry(request: Request) -> ModelEntry:
+    params = request.path_params
+    return _repository(request).get(params["model_name"], params.get("model_version"))
+
+
+async def server_live(request: Request) -> Response:
+    return json_response({"live": True})
+
+
+async def server_ready(request: Request) -> Response:
+    ready = request.state.lifecycle.ready and len(_repository(request)) > 0
+    return json_response({"ready": ready}, 200 if ready else 503)
+
+
+async def server_metadata(request: Request) -> Response:
+    return json_response({"name": "tabserve", "version": __version__, "extensions": EXTENSIONS})
+
+
+async def model_ready(request: Request) -> Response:
+    entry = _entry(request)
+    if not request.state.lifecycle.ready:
+        raise ModelNotReadyError(f"model {entry.model.name!r} is draining for shutdown")
+    return json_response({"name": entry.model.name, "ready": True})
+
+
+async def model_metadata(request: Request) -> Response:
+    model = _entry(request).model
+    card = model.card
+    parameters = {
+        "version": str(model.version),
+        "task": model.task,
+        "description": card.get("description"),
+        "features": card.get("features", []),
+        "classes": model.classes,
+        "target": card.get("target"),
+        "estimator": card.get("estimator"),
+        "metrics": card.get("metrics"),
+        "parity": card.get("parity"),
+        "sha256": card.get("sha256"),
+    }
+    return json_response(
+        {
+            "name": model.name,
+            "versions": [str(version) for version in _repository(request).versions(model.name)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [spec.to_json() for spec in model.inputs],
+            "outputs": [spec.to_json() for spec in model.outputs],
+            "parameters": parameters,
+        }
+    )
+
+
+async def model_golden(request: Request) -> Response:
+    """The golden vectors (inputs with scikit-learn's outputs): what load tests and other runtimes check against."""
+    model = _entry(request).model
+    if model.golden is None:
+        raise ModelNotFoundError(f"model {model.name!r} version {model.version} has no golden vectors")
+    return json_response(model.golden)
+
+
+async def model_config(request: Request) -> Response:
+    """Triton's model configuration, as tritonclient.get_model_config and perf_analyzer read it."""
+    model = _entry(request).model
+    settings: Settings = request.state.settings
+
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        # With max_batch_size > 0 Triton's dims leave out the batch dimension.
+        return [
+            {"name": s.name, "data_type": V2_TO_TRITON_CONFIG[s.datatype], "dims": list(s.shape[1:])} for s in specs
+        ]
+
+    return json_response(
+        {
+            "name": model.name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "version_policy": {"all": {}},
+            "max_batch_size": settings.max_batch_size,
+            "input": tensors(model.inputs),
+            "output": tensors(model.outputs),
+            "dynamic_batching": {"max_queue_delay_microseconds": int(settings.max_batch_delay_ms * 1000)},
+            "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+        }
+    )
+
+
+async def model_stats(request: Request) -> Response:
+    repository = _repository(request)
+    if "model_name" in request.path_params:
+        name, version = request.path_params["model_name"], request.path_params.get("model_version")
+        entries = (
+            [repository.get(name, version)]
+            if version
+            else [repository.get(name, str(v)) for v in repository.versions(name)]
+        )
+    else:
+        entries = list(repository.entries())
+    return json_response({"model_stats": [_stats(entry) for entry in entries]})
+
+
+def _stats(entry: ModelEntry) -> dict[str, Any]:
+    stats = entry.batcher.stats
+
+    def duration(count: int, ns: int) -> dict[str, int]:
+        return {"count": count, "ns": ns}
+
+    return {
+        "name": entry.model.name,
+        "version": str(entry.model.version),
+        "last_inference": stats.last_inference_ms,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": {
+            "success": duration(stats.success_count, stats.success_ns),
+            "fail": duration(stats.fail_count, stats.fail_ns),
+            "queue": duration(stats.success_count + stats.fail_count, stats.queue_ns),
+            "compute_input": duration(stats.execution_count, 0),
+            "compute_infer": duration(stats.execution_count, stats.compute_ns),
+            "compute_output": duration(stats.execution_count, 0),
+            "cache_hit": duration(0, 0),
+            "cache_miss": duration(0, 0),
+        },
+        "batch_stats": [
+            {
+                "batch_size": size,
+                "compute_input": duration(count, 0),
+                "compute_infer": duration(count, ns),
+                "compute_output": duration(count, 0),
+            }
+            for size, (count, ns) in sorted(stats.batch_sizes.items())
+        ],
+    }

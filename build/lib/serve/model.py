@@ -1,0 +1,170 @@
+"""One model version: an onnxruntime session, its tensor metadata and its model card."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from serve.datatypes import ORT_TO_V2, V2_TO_NUMPY
+
+Feed = dict[str, npt.NDArray[Any]]
+MODEL_FILE = "model.onnx"
+CARD_FILE = "model.json"
+GOLDEN_FILE = "golden.json"
+GOLDEN_ATOL = 1e-4
+GOLDEN_RTOL = 1e-4
+
+
+class ModelLoadError(Exception):
+    """A model version that must not serve: missing files, a sha256 mismatch, invalid ONNX, wrong answers."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    """-1 marks a dynamic dimension; the first one is the batch dimension."""
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return V2_TO_NUMPY[self.datatype]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    allow_spinning: bool = False
+
+
+class Model:
+    """A loaded, verified, warmed-up model version; `run` is synchronous and thread-safe."""
+
+    def __init__(self, name: str, version: int, folder: Path, options: SessionOptions) -> None:
+        started = time.monotonic()
+        self.name = name
+        self.version = version
+        self.folder = folder
+        self.card = _read_card(folder)
+        model_bytes = _read_verified(folder, self.card)
+        try:
+            self.session = ort.InferenceSession(
+                model_bytes, _session_options(options), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/...; all mean "not a model"
+            raise ModelLoadError(f"{folder / MODEL_FILE} is not a loadable ONNX model: {exc}") from exc
+        self.inputs = tuple(_spec(value) for value in self.session.get_inputs())
+        self.outputs = tuple(_spec(value) for value in self.session.get_outputs())
+        self.input_by_name = {spec.name: spec for spec in self.inputs}
+        self.output_by_name = {spec.name: spec for spec in self.outputs}
+        self.output_names = [spec.name for spec in self.outputs]
+        # Every validated feed for this model has exactly this layout, so requests need not recompute it.
+        self.signature = tuple(
+            (spec.name, spec.dtype.str, tuple(max(dim, 1) for dim in spec.shape[1:])) for spec in self.inputs
+        )
+        self.features = {feature["name"]: feature for feature in self.card.get("features", [])}
+        self.classes: list[Any] | None = self.card.get("classes")
+        self.task: str = self.card.get("task", "regression")
+        self._check_golden()
+        self.load_seconds = time.monotonic() - started
+
+    def run(self, feed: Feed) -> Feed:
+        """Score a batch: every output, in the model's order."""
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+
+    def warm_up(self, rows: int) -> None:
+        """Run once at batch size `rows`, so the first real batch of that size pays no allocation."""
+        feed = {spec.name: np.repeat(self._sample[spec.name][:1], rows, axis=0) for spec in self.inputs}
+        self.run(feed)
+
+    def _check_golden(self) -> None:
+        """Score the golden inputs and compare with scikit-learn's outputs: a self-test at load time."""
+        path = self.folder / GOLDEN_FILE
+        golden = json.loads(path.read_bytes()) if path.exists() else None
+        self.golden: dict[str, Any] | None = golden
+        if golden is None:
+            self._sample = {spec.name: _zeros(spec) for spec in self.inputs}
+            return
+        feed = {name: _golden_array(tensor) for name, tensor in golden["inputs"].items()}
+        self._sample = feed
+        results = self.run(feed)
+        for name, tensor in golden["outputs"].items():
+            got, want = results[name], _golden_array(tensor)
+            if want.dtype == object:
+                ok = got.astype(str).ravel().tolist() == want.astype(str).ravel().tolist()
+            else:
+                ok = bool(np.allclose(got.astype(np.float64).ravel(), want.astype(np.float64).ravel(),
+                                      atol=GOLDEN_ATOL, rtol=GOLDEN_RTOL, equal_nan=True))  # fmt: skip
+            if not ok:
+                raise ModelLoadError(f"{self.name} v{self.version}: output {name!r} does not reproduce {path}")
+
+
+def _read_card(folder: Path) -> dict[str, Any]:
+    try:
+        card: dict[str, Any] = json.loads((folder / CARD_FILE).read_bytes())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder} has no {CARD_FILE}") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"{folder / CARD_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(card, dict) or "sha256" not in card:
+        raise ModelLoadError(f"{folder / CARD_FILE} has no sha256 field")
+    return card
+
+
+def _read_verified(folder: Path, card: dict[str, Any]) -> bytes:
+    try:
+        model_bytes = (folder / MODEL_FILE).read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder} has no {MODEL_FILE}") from None
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    if digest != card["sha256"]:
+        raise ModelLoadError(f"{folder / MODEL_FILE}: sha256 {digest} does not match the card's {card['sha256']}")
+    return model_bytes
+
+
+def _session_options(options: SessionOptions) -> ort.SessionOptions:
+    # One intra-op thread per session by default: batches are small, and workers x threads must not
+    # oversubscribe the cores (onnxruntime issue #13808). Spinning off: it burns CPU between bursts.
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.inter_op_num_threads = options.inter_op_threads
+    session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    spinning = "1" if options.allow_spinning else "0"
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    session_options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    return session_options
+
+
+def _spec(value: Any) -> TensorSpec:
+    datatype = ORT_TO_V2.get(value.type)
+    if datatype is None:
+        raise ModelLoadError(f"tensor {value.name!r} has type {value.type}, which the V2 protocol cannot carry")
+    shape = tuple(dim if isinstance(dim, int) else -1 for dim in value.shape)
+    return TensorSpec(value.name, datatype, shape)
+
+
+def _golden_array(tensor: dict[str, Any]) -> npt.NDArray[Any]:
+    dtype = V2_TO_NUMPY[tensor["datatype"]]
+    data = tensor["data"]
+    if dtype.kind == "f":
+        data = [math.nan if value is None else value for value in data]
+    return np.array(data, dtype=dtype).reshape(tensor["shape"])
+
+
+def _zeros(spec: TensorSpec) -> npt.NDArray[Any]:
+    shape = tuple(1 if dim < 0 else dim for dim in spec.shape)
+    return np.full(shape, "", dtype=object) if spec.datatype == "BYTES" else np.zeros(shape, dtype=spec.dtype)

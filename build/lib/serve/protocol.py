@@ -1,0 +1,360 @@
+"""Open Inference Protocol (KServe V2) infer requests and responses, as numpy feeds. All validation is here.
+
+Every rejection says what was received and what was expected, and raises a ServeError with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from serve import binary
+from serve.datatypes import V2_TO_NUMPY
+from serve.errors import InvalidRequestError, PayloadTooLargeError
+from serve.model import Feed, Model, TensorSpec
+
+# numpy kinds a JSON array may arrive as, per target kind: JSON has no int/float split worth keeping,
+# but booleans and strings never pass for numbers.
+ACCEPTED_KINDS: dict[str, str] = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
+KIND_NAMES: dict[str, str] = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans"}
+# Python types a small tensor's values may have, checked one by one (faster than numpy below ~64 values).
+PYTHON_TYPES: dict[str, tuple[type, ...]] = {"f": (float, int), "i": (int,), "u": (int,)}
+SMALL_TENSOR = 64
+
+
+def _bounds(dtype: np.dtype[Any]) -> tuple[float, float]:
+    info: Any = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
+    return float(info.min), float(info.max)
+
+
+BOUNDS: dict[str, tuple[float, float]] = {
+    datatype: _bounds(dtype) for datatype, dtype in V2_TO_NUMPY.items() if dtype.kind in "fiu"
+}
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    feed: Feed
+    rows: int
+    outputs: tuple[tuple[str, bool], ...]
+    """(output name, send as binary) in the order the response lists them."""
+    timeout_s: float | None
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise InvalidRequestError("empty request body; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # orjson rejects NaN and Infinity literals too: JSON has no such numbers.
+        raise InvalidRequestError(f"malformed JSON: {exc}") from None
+
+
+def parse_infer_request(document: Any, model: Model, tail: bytes, max_rows: int) -> InferRequest:
+    """Validate a V2 infer request against the model's inputs and build its feed."""
+    feed = None if tail else _common_feed(document, model)
+    if feed is None:
+        feed, rows = _checked_feed(document, model, tail)
+    else:
+        rows = len(next(iter(feed.values())))
+    check_rows(rows, max_rows)
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequestError(f"'id' must be a string, got {_kind(request_id)}")
+    parameters = document.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidRequestError(f"'parameters' must be an object, got {_kind(parameters)}")
+    return InferRequest(
+        id=request_id,
+        feed=feed,
+        rows=rows,
+        outputs=_requested_outputs(model, document.get("outputs"), bool(parameters.get("binary_data_output", False))),
+        timeout_s=_timeout(parameters.get("timeout")),
+    )
+
+
+def _common_feed(document: Any, model: Model) -> Feed | None:
+    """The feed of a plain request (every input once, flat small JSON data, exact shapes), or None.
+
+    The common case pays for no error reporting: anything unusual returns None and the request is
+    parsed again by `_checked_feed`, which accepts exactly the same requests and explains rejections.
+    """
+    inputs = document.get("inputs") if type(document) is dict else None
+    if type(inputs) is not list or len(inputs) != len(model.inputs):
+        return None
+    feed: Feed = {}
+    rows = -1
+    for tensor in inputs:
+        if type(tensor) is not dict or "parameters" in tensor:
+            return None
+        name = tensor.get("name")
+        if type(name) is not str:
+            return None
+        spec = model.input_by_name.get(name)
+        shape = tensor.get("shape")
+        data = tensor.get("data")
+        if spec is None or name in feed or tensor.get("datatype") != spec.datatype or type(data) is not list:
+            return None
+        if (
+            type(shape) is not list
+            or len(shape) != 2
+            or spec.shape[1] != 1
+            or shape[1] != 1
+            or type(shape[1]) is not int
+        ):
+            return None
+        count = shape[0]
+        if (
+            type(count) is not int
+            or count < 1
+            or len(data) != count
+            or count > SMALL_TENSOR
+            or (rows >= 0 and count != rows)
+        ):
+            return None
+        accepted = PYTHON_TYPES.get(spec.dtype.kind, (str,) if spec.datatype == "BYTES" else ())
+        if spec.datatype == "BYTES":
+            if not all(type(value) is str for value in data):
+                return None
+        else:
+            low, high = BOUNDS[spec.datatype]
+            for value in data:
+                if type(value) not in accepted or not low <= value <= high:
+                    return None
+        try:
+            feed[name] = np.array(data, dtype=spec.dtype).reshape(count, 1)
+        except OverflowError:
+            return None
+        rows = count
+    return feed
+
+
+def _checked_feed(document: Any, model: Model, tail: bytes) -> tuple[Feed, int]:
+    """Validate every part of the request, raising an error that names the first problem."""
+    if not isinstance(document, dict):
+        raise InvalidRequestError(f"expected a JSON object with 'inputs', got {_kind(document)}")
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidRequestError(f"'inputs' must be a non-empty list of tensors, got {_kind(inputs)}")
+    feed: Feed = {}
+    offset = 0
+    rows: int | None = None
+    for position, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            raise InvalidRequestError(f"inputs[{position}] must be a tensor object, got {_kind(tensor)}")
+        spec = _input_spec(model, tensor.get("name"), feed)
+        shape = _check_shape(spec, tensor.get("shape"), tensor.get("datatype"))
+        count = math.prod(shape)
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(tail):
+                raise InvalidRequestError(
+                    f"input {spec.name!r}: binary_data_size {size!r} does not fit the {len(tail) - offset} bytes left"
+                )
+            array = binary.decode_tensor(tail[offset : offset + size], spec.datatype, count, spec.name)
+            offset += size
+            if array.dtype.kind == "f":
+                check_missing_values(model, spec, array)
+        elif "data" in tensor:
+            array = _decode_json(model, spec, tensor["data"], count)
+        else:
+            raise InvalidRequestError(f"input {spec.name!r} has neither 'data' nor parameters.binary_data_size")
+        if rows is None:
+            rows = shape[0]
+        elif shape[0] != rows:
+            raise InvalidRequestError(f"input {spec.name!r} has {shape[0]} rows but earlier inputs have {rows}")
+        feed[spec.name] = array.reshape(shape)
+    if offset != len(tail):
+        raise InvalidRequestError(f"the body carries {len(tail)} bytes of binary data but inputs claim {offset}")
+    missing = [spec.name for spec in model.inputs if spec.name not in feed]
+    if missing:
+        raise InvalidRequestError(
+            f"missing input(s) {missing} for model {model.name!r}; it needs {_names(model.inputs)}"
+        )
+    assert rows is not None
+    return feed, rows
+
+
+def check_rows(rows: int, max_rows: int) -> None:
+    if rows < 1:
+        raise InvalidRequestError("the request has 0 rows; expected at least 1")
+    if rows > max_rows:
+        raise PayloadTooLargeError(f"the request has {rows} rows; the limit is {max_rows} per request")
+
+
+def check_missing_values(model: Model, spec: TensorSpec, array: npt.NDArray[Any]) -> None:
+    """NaN means "missing": allowed only where the model imputes; infinities never."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    if np.isinf(array).any():
+        raise InvalidRequestError(f"input {spec.name!r} contains an infinite value; expected finite numbers")
+    if not model.features.get(spec.name, {}).get("accepts_missing", False):
+        raise InvalidRequestError(
+            f"input {spec.name!r} contains NaN (a missing value), but model {model.name!r} has no imputer for it"
+        )
+
+
+def render_infer_response(model: Model, request: InferRequest, outputs: Feed) -> tuple[bytes, int | None]:
+    """The V2 response body, and the JSON header's length when binary outputs follow it."""
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, as_binary in request.outputs:
+        array = outputs[name]
+        spec = model.output_by_name[name]
+        entry: dict[str, Any] = {"name": name, "datatype": spec.datatype, "shape": list(array.shape)}
+        if as_binary:
+            raw = binary.encode_tensor(array, spec.datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.ravel().tolist() if array.dtype == object else np.ascontiguousarray(array.ravel())
+        tensors.append(entry)
+    document: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version), "outputs": tensors}
+    if request.id is not None:
+        document["id"] = request.id
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)
+
+
+def _input_spec(model: Model, name: Any, seen: Feed) -> TensorSpec:
+    spec = model.input_by_name.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise InvalidRequestError(
+            f"unexpected input {name!r} for model {model.name!r}; expected {_names(model.inputs)}"
+        )
+    if name in seen:
+        raise InvalidRequestError(f"input {name!r} appears more than once")
+    return spec
+
+
+def _check_shape(spec: TensorSpec, shape: Any, datatype: Any) -> list[int]:
+    if datatype != spec.datatype:
+        raise InvalidRequestError(
+            f"input {spec.name!r}: datatype {datatype!r} does not match the model's {spec.datatype!r}"
+        )
+    if not isinstance(shape, list) or not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape):
+        raise InvalidRequestError(f"input {spec.name!r}: shape must be a list of integers, got {shape!r}")
+    expected = list(spec.shape)
+    if len(shape) != len(expected) or any(
+        dim < 0 or (want >= 0 and dim != want) for dim, want in zip(shape, expected, strict=True)
+    ):
+        raise InvalidRequestError(
+            f"input {spec.name!r}: shape {shape} does not match the model's {expected} (-1 = any)"
+        )
+    return shape
+
+
+def _decode_json(model: Model, spec: TensorSpec, data: Any, count: int) -> npt.NDArray[Any]:
+    if not isinstance(data, list):
+        raise InvalidRequestError(f"input {spec.name!r}: 'data' must be a list, got {_kind(data)}")
+    accepted = PYTHON_TYPES.get(spec.dtype.kind)
+    if accepted is not None and len(data) == count <= SMALL_TENSOR:
+        # Fast path for the common small, flat request: plain Python numbers inside the datatype's range
+        # cannot be NaN or infinite once converted (JSON has no such literals), so no numpy check follows.
+        low, high = BOUNDS[spec.datatype]
+        for value in data:
+            if type(value) not in accepted or not low <= value <= high:
+                break
+        else:
+            with contextlib.suppress(OverflowError):  # an integer at the very edge of int64: the slow path says so
+                return np.array(data, dtype=spec.dtype)
+    if spec.datatype == "BYTES":
+        flat = _flatten(data)
+        if not set(map(type, flat)) <= {str}:
+            bad = next(value for value in flat if not isinstance(value, str))
+            raise InvalidRequestError(f"input {spec.name!r} is BYTES: expected strings, got {bad!r}")
+        array = np.array(flat, dtype=object)
+    else:
+        try:
+            array = np.array(data)
+        except (ValueError, OverflowError) as exc:  # ragged nesting, or an integer beyond int64
+            raise InvalidRequestError(
+                f"input {spec.name!r}: 'data' is not a regular array of numbers ({exc})"
+            ) from None
+        kind = spec.dtype.kind
+        if array.dtype == object and kind == "f":
+            array = _with_missing(data, spec)
+        if array.dtype.kind not in ACCEPTED_KINDS[kind] and array.size:
+            example = next((value for value in _flatten(data) if not _is_kind(value, kind)), data[:3])
+            raise InvalidRequestError(
+                f"input {spec.name!r} is {spec.datatype}: expected {KIND_NAMES[kind]}, got {example!r}"
+            )
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = array.astype(spec.dtype)
+        if kind == "f":
+            check_missing_values(model, spec, array)
+    if array.size != count:
+        raise InvalidRequestError(f"input {spec.name!r} has {array.size} values; its shape needs {count}")
+    return array
+
+
+def _with_missing(data: list[Any], spec: TensorSpec) -> npt.NDArray[Any]:
+    """JSON has no NaN: null stands for a missing number (allowed where the model imputes)."""
+    flat = _flatten(data)
+    # set(map(type, ...)) runs at C speed; numpy turns None into NaN for a float dtype, but it would also
+    # parse "1.5" or True, so the types are checked first.
+    if set(map(type, flat)) <= {float, int, type(None)}:
+        return np.array(flat, dtype=np.float64)
+    return np.array(flat, dtype=object)  # reported as "expected numbers" by the caller
+
+
+def _requested_outputs(model: Model, outputs: Any, binary_default: bool) -> tuple[tuple[str, bool], ...]:
+    if outputs is None:
+        return tuple((spec.name, binary_default) for spec in model.outputs)
+    if not isinstance(outputs, list) or not outputs:
+        raise InvalidRequestError(f"'outputs' must be a non-empty list when given, got {_kind(outputs)}")
+    requested = []
+    for position, output in enumerate(outputs):
+        name = output.get("name") if isinstance(output, dict) else None
+        if name not in model.output_by_name:
+            raise InvalidRequestError(
+                f"outputs[{position}] asks for {name!r}; model {model.name!r} has outputs {_names(model.outputs)}"
+            )
+        parameters = output.get("parameters") or {}
+        requested.append((name, bool(parameters.get("binary_data", binary_default))))
+    return tuple(requested)
+
+
+def _timeout(value: Any) -> float | None:
+    """tritonclient's `timeout` request parameter, in microseconds."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidRequestError(f"parameters.timeout must be a positive number of microseconds, got {value!r}")
+    return value / 1e6
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    if list not in set(map(type, data)):  # C speed; the common flat list returns here
+        return data
+    flat: list[Any] = []
+    for value in data:
+        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    return flat
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "b":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (kind == "f" and isinstance(value, float))
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {orjson.dumps(value, default=str)[:80].decode()}"
+
+
+def _names(specs: tuple[TensorSpec, ...]) -> list[str]:
+    return [spec.name for spec in specs]

@@ -1,0 +1,106 @@
+"""The live model repository: every valid version under model_dir, each with its own micro-batcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from serve.batching import MicroBatcher
+from serve.errors import ModelNotFoundError
+from serve.model import Model, ModelLoadError, SessionOptions
+from serve.settings import Settings
+
+logger = logging.getLogger("tabserve.repository")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    model: Model
+    batcher: MicroBatcher
+
+
+def scan(model_dir: Path) -> Iterator[tuple[str, int, Path]]:
+    """(name, version, folder) for every <name>/<integer>/ folder; staging folders are skipped."""
+    if not model_dir.is_dir():
+        return
+    for folder in sorted(model_dir.iterdir()):
+        if folder.is_dir() and not folder.name.startswith("."):
+            for child in sorted(folder.iterdir(), key=lambda path: path.name):
+                if child.is_dir() and child.name.isdigit():
+                    yield folder.name, int(child.name), child
+
+
+def load_model(name: str, version: int, folder: Path, settings: Settings) -> Model:
+    """Load, verify (sha256, golden vectors) and warm up one version; ModelLoadError if it must not serve."""
+    options = SessionOptions(settings.ort_intra_op_threads, settings.ort_inter_op_threads, settings.ort_allow_spinning)
+    model = Model(name, version, folder, options)
+    for rows in sorted({1, settings.max_batch_size}):
+        model.warm_up(rows)
+    return model
+
+
+class ModelRepository:
+    """Name -> version -> entry. Owns the batchers: closing the repository drains them."""
+
+    def __init__(self, settings: Settings, executor: Executor | None) -> None:
+        self._settings = settings
+        self._executor = executor
+        self._models: dict[str, dict[int, ModelEntry]] = {}
+        self.failures: dict[tuple[str, int], str] = {}
+
+    async def add(self, model: Model) -> ModelEntry:
+        settings = self._settings
+        batcher = MicroBatcher(
+            model.run,
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_ms=settings.max_batch_delay_ms,
+            max_queue_size=settings.max_queue_size,
+            inline_batch_rows=settings.inline_batch_rows,
+            executor=self._executor,
+            name=f"{model.name}/{model.version}",
+        )
+        await batcher.__aenter__()
+        entry = ModelEntry(model, batcher)
+        self._models.setdefault(model.name, {})[model.version] = entry
+        self.failures.pop((model.name, model.version), None)
+        return entry
+
+    async def load_all(self) -> None:
+        for name, version, folder in scan(self._settings.model_dir):
+            try:
+                model = load_model(name, version, folder, self._settings)
+            except ModelLoadError as exc:
+                logger.error("refusing %s version %d: %s", name, version, exc)
+                self.failures[(name, version)] = str(exc)
+                continue
+            await self.add(model)
+            logger.info("loaded %s version %d in %.3f s", name, version, model.load_seconds)
+
+    async def close(self) -> None:
+        for versions in self._models.values():
+            for entry in versions.values():
+                await entry.batcher.close()
+
+    def get(self, name: str, version: str | None = None) -> ModelEntry:
+        """The named version, or the latest one; 404 naming what exists otherwise."""
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFoundError(f"unknown model {name!r}; available: {sorted(self._models)}")
+        if version is None:
+            return versions[max(versions)]
+        if not version.isdigit() or int(version) not in versions:
+            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; available: {sorted(versions)}")
+        return versions[int(version)]
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._models.get(name, {}))
+
+    def entries(self) -> Iterator[ModelEntry]:
+        for versions in self._models.values():
+            yield from versions.values()
+
+    def __len__(self) -> int:
+        return sum(len(versions) for versions in self._models.values())

@@ -1,0 +1,100 @@
+"""Server settings: one frozen object, read once from SERVE_* environment variables (or flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": _parse_bool,
+    "Path": Path,
+    "Path | None": Path,
+    "str | None": str,
+    "tuple[str, ...]": _parse_list,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path = Path("models")
+    """Model repository: <name>/<version>/model.onnx + model.json (docs/model-repository.md)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    """Server processes; ONNX Runtime threads per process are sized so workers x threads <= cores."""
+    default_model: str = "age-weight"
+    """The model behind the seed article's POST /predict."""
+
+    max_batch_size: int = 64
+    """Rows per onnxruntime call; a request with more rows runs alone."""
+    max_batch_delay_ms: float = 0.0
+    """Extra wait to grow a batch; 0 = take only what queued while the last batch ran (Triton's default)."""
+    max_queue_size: int = 1024
+    """Requests waiting per model version; beyond it new ones get 503 + Retry-After at once."""
+    inline_batch_rows: int = 256
+    """Batches up to this many rows run on the event loop; larger ones in a worker thread (see README)."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_request_rows: int = 10_000
+    request_timeout_s: float = 10.0
+    """Deadline from arrival to answer; past it the request gets 504 instead of running late."""
+    timeout_keep_alive_s: float = 5.0
+
+    ort_intra_op_threads: int = 1
+    ort_inter_op_threads: int = 1
+    ort_allow_spinning: bool = False
+    """Spinning threads burn a core between calls: off, since batches arrive in bursts."""
+
+    log_level: str = "info"
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        positive = ("port", "workers", "max_batch_size", "max_queue_size", "max_body_bytes", "max_request_rows",
+                    "ort_intra_op_threads", "ort_inter_op_threads")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SERVE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
+        for name in ("max_batch_delay_ms", "request_timeout_s", "timeout_keep_alive_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SERVE_{name.upper()} must be >= 0, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, prefix: str = "SERVE_", **overrides: Any) -> Settings:
+        """Build from `environ`; an unknown SERVE_* key or a bad value raises ValueError naming it."""
+        fields = {item.name: item for item in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, text in environ.items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix) :].lower()
+            if name not in fields:
+                raise ValueError(f"unknown setting {key}; known: {', '.join(prefix + n.upper() for n in fields)}")
+            try:
+                values[name] = PARSERS[str(fields[name].type)](text)
+            except ValueError as exc:
+                raise ValueError(f"{key}={text!r}: {exc}") from None
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)

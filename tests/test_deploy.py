@@ -1,0 +1,113 @@
+"""Portability and deployment: the model from Node.js, the Dockerfile, the Kubernetes manifests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+ROOT = Path(__file__).resolve().parents[1]
+NODE_EXAMPLE = ROOT / "examples" / "node"
+BIN = Path(sys.executable).parent
+
+
+def final_stage(instructions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    last_from = max(index for index, item in enumerate(instructions) if item["instruction"] == "FROM")
+    return instructions[last_from:]
+
+
+@pytest.mark.slow
+def test_node_example_reproduces_every_golden_vector_with_onnxruntime_node(model_dir: Path) -> None:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node and npm, "node and npm are needed (Debian: apt-get install nodejs npm)"
+    env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip", "TABSERVE_MODELS": str(model_dir)}
+    if not (NODE_EXAMPLE / "node_modules" / "onnxruntime-node").is_dir():
+        install = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_EXAMPLE,
+                                 env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert install.returncode == 0, install.stderr
+    run = subprocess.run([node, "--test"], cwd=NODE_EXAMPLE, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "# fail 0" in run.stdout
+    versions = len(list(model_dir.glob("*/[0-9]*")))
+    assert f"# pass {versions + 1}" in run.stdout  # one test per model version, plus "has models"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_is_multistage_slim_non_root_with_healthcheck_and_exec_cmd() -> None:
+    parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
+    instructions = parser.structure
+    assert sum(item["instruction"] == "FROM" for item in instructions) >= 2
+    final = final_stage(instructions)
+    assert "slim" in final[0]["value"]
+    user = [item["value"] for item in final if item["instruction"] == "USER"]
+    assert user and user[-1].split(":")[0].isdigit() and int(user[-1].split(":")[0]) > 0
+    healthcheck = next(item["value"] for item in final if item["instruction"] == "HEALTHCHECK")
+    assert "/v2/health/ready" in healthcheck
+    env = " ".join(item["value"] for item in final if item["instruction"] == "ENV")
+    assert "SERVE_HOST=0.0.0.0" in env
+    cmd = next(item["value"] for item in final if item["instruction"] == "CMD")
+    assert json.loads(cmd) == ["python", "-m", "serve"]
+    final_text = " ".join(item["value"] for item in final)
+    assert "export" not in final_text.replace("--from=exporter", ""), "the final stage installs serving deps only"
+
+
+def test_serving_image_requirements_are_pinned_and_exclude_training_libraries() -> None:
+    lines = [line for line in (ROOT / "docker" / "requirements-serve.txt").read_text().splitlines() if line.strip()]
+    assert all("==" in line for line in lines)
+    names = {line.split("==")[0].lower() for line in lines}
+    assert {"onnxruntime", "starlette", "uvicorn", "orjson", "numpy"} <= names
+    assert not names & {"scikit-learn", "skl2onnx", "pandas", "onnx", "locust"}
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "models"} <= ignored
+
+
+def test_kubernetes_manifests_validate_against_bundled_schemas() -> None:
+    files = sorted(str(path) for path in (ROOT / "deploy").glob("*.yaml"))
+    result = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", "1.30", *files],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def load_documents() -> dict[str, dict[str, Any]]:
+    documents = {}
+    for path in (ROOT / "deploy").glob("*.yaml"):
+        for document in yaml.safe_load_all(path.read_text()):
+            documents[document["kind"]] = document
+    return documents
+
+
+def test_deployment_probes_resources_and_draining_match_the_server() -> None:
+    documents = load_documents()
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert "preStop" in container["lifecycle"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    cores_needed = int(env["SERVE_WORKERS"]) * int(env["SERVE_ORT_INTRA_OP_THREADS"])
+    assert (
+        int(container["resources"]["requests"]["cpu"]) == cores_needed == int(container["resources"]["limits"]["cpu"])
+    )
+    assert pod["terminationGracePeriodSeconds"] > 10, "longer than the preStop pause"
+    hpa = documents["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == documents["Deployment"]["metadata"]["name"]
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+    assert documents["Service"]["spec"]["selector"] == documents["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert documents["ServingRuntime"]["spec"]["protocolVersions"] == ["v2"]
+    assert documents["InferenceService"]["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
