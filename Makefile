@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS ?= models
 
-.PHONY: install serve test lint examples bench clean
+.PHONY: install serve test lint examples bench clean system
 
 install: $(STAMP)
 
@@ -31,7 +31,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+# Chromium (playground test) and Node.js (Node example) come from Debian's packages.
+system:
+	./scripts/system-deps.sh
+
+test: $(STAMP) system lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) $(MODELS)/.examples

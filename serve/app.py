@@ -8,19 +8,24 @@ import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypedDict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve import endpoints, inference
+from serve.auth import AuthMiddleware, KeyRing
 from serve.errors import ServeError, render_http_error, render_serve_error
+from serve.metrics import Metrics
 from serve.repository import ModelRepository
 from serve.settings import Settings
 
 logger = logging.getLogger("tabserve")
+STATIC_DIR = Path(__file__).with_name("static")
 
 
 @dataclass
@@ -34,15 +39,18 @@ class AppState(TypedDict):
     settings: Settings
     repository: ModelRepository
     lifecycle: Lifecycle
+    metrics: Metrics
 
 
-def routes() -> list[Route]:
+def routes() -> list[BaseRoute]:
     GET, POST = ["GET"], ["POST"]
     table: list[tuple[str, Callable[..., Any], list[str]]] = [
         ("/v2/health/live", endpoints.server_live, GET),
         ("/v2/health/ready", endpoints.server_ready, GET),
         ("/v2", endpoints.server_metadata, GET),
         ("/v2/models/stats", endpoints.model_stats, GET),
+        ("/v2/repository/index", endpoints.repository_index, POST),
+        ("/metrics", endpoints.metrics, GET),
         ("/predict", inference.predict_seed, POST),
     ]
     for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
@@ -56,7 +64,11 @@ def routes() -> list[Route]:
     for prefix in ("/v1/models/{model_name}", "/v1/models/{model_name}/versions/{model_version}"):
         table.append((prefix + ":predict", inference.predict_records, POST))
         table.append((prefix + "/golden", endpoints.model_golden, GET))
-    return [Route(path, endpoint, methods=methods) for path, endpoint, methods in table]
+    pages: list[BaseRoute] = [
+        Route("/", endpoints.playground, methods=GET),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    return [Route(path, endpoint, methods=methods) for path, endpoint, methods in table] + pages
 
 
 class InferenceFront:
@@ -66,10 +78,12 @@ class InferenceFront:
     same endpoint; what is skipped is Starlette's middleware and Request wrapping (about 25 us per request).
     """
 
-    def __init__(self, app: Starlette, routes: list[Route]) -> None:
+    def __init__(self, app: Starlette, routes: list[BaseRoute]) -> None:
         self.app = app
         self.fast = [
-            (route, route.endpoint) for route in routes if isinstance(route.endpoint, inference.InferenceEndpoint)
+            (route, route.endpoint)
+            for route in routes
+            if isinstance(route, Route) and isinstance(route.endpoint, inference.InferenceEndpoint)
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,22 +98,25 @@ class InferenceFront:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings) -> InferenceFront:
+def create_app(settings: Settings) -> ASGIApp:
     """Create the ASGI app; sessions, batchers and threads exist only inside the lifespan."""
+    keys = KeyRing.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
         lifecycle = Lifecycle()
+        metrics = Metrics()
+        (logger.info if keys.enabled else logger.warning)(keys.describe())
         # Batches above inline_batch_rows run here; one thread per core that onnxruntime may use.
         threads = max(1, (os.cpu_count() or 1) // settings.ort_intra_op_threads // settings.workers)
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ort") as executor:
-            repository = ModelRepository(settings, executor)
+            repository = ModelRepository(settings, executor, metrics)
             await repository.load_all()
             if not len(repository):
                 logger.warning("no servable model under %s: readiness stays false", settings.model_dir)
             lifecycle.ready = True
             try:
-                yield {"settings": settings, "repository": repository, "lifecycle": lifecycle}
+                yield {"settings": settings, "repository": repository, "lifecycle": lifecycle, "metrics": metrics}
             finally:
                 lifecycle.ready = False
                 await repository.close()
@@ -110,4 +127,4 @@ def create_app(settings: Settings) -> InferenceFront:
         lifespan=lifespan,
         exception_handlers={ServeError: render_serve_error, HTTPException: render_http_error},
     )
-    return InferenceFront(app, table)
+    return AuthMiddleware(InferenceFront(app, table), keys)

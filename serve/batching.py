@@ -26,10 +26,21 @@ from serve.errors import DeadlineExceededError, ModelNotReadyError, ServeError, 
 Feed = dict[str, npt.NDArray[Any]]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 logger = logging.getLogger("tabserve.batching")
+MAX_TRACKED_BATCH_SIZES = 256
 
 
 class InferenceFailedError(ServeError):
     """The model raised on input that passed validation."""
+
+
+class Outputs(dict[str, npt.NDArray[Any]]):
+    """One request's rows of every output, and the size of the batch they were computed in."""
+
+    __slots__ = ("batch_rows",)
+
+    def __init__(self, parts: Feed, batch_rows: int) -> None:
+        super().__init__(parts)
+        self.batch_rows = batch_rows
 
 
 @dataclass(slots=True)
@@ -37,7 +48,7 @@ class _Item:
     feed: Feed
     rows: int
     signature: Signature
-    future: asyncio.Future[Feed]
+    future: asyncio.Future[Outputs]
     deadline: float
     enqueued: float
 
@@ -57,6 +68,8 @@ class BatchStats:
     last_inference_ms: int = 0
     batch_sizes: dict[int, list[int]] = field(default_factory=dict)
     """rows -> [executions, compute ns]"""
+    # Triton reports per-batch-size statistics; a client sending every size up to the row limit must
+    # not grow this without bound, so sizes past MAX_TRACKED_BATCH_SIZES are folded into the largest.
 
 
 class MicroBatcher:
@@ -72,7 +85,7 @@ class MicroBatcher:
         inline_batch_rows: int = 256,
         executor: Executor | None = None,
         name: str = "model",
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, float, list[float], int], None] | None = None,
     ) -> None:
         self._run = run
         self._max_batch_size = max_batch_size
@@ -107,7 +120,7 @@ class MicroBatcher:
 
     def submit(
         self, feed: Feed, rows: int, deadline: float, signature: Signature | None = None
-    ) -> asyncio.Future[Feed]:
+    ) -> asyncio.Future[Outputs]:
         """Queue one request; its future gets exactly its own rows of every output.
 
         `signature` (input names, dtypes, per-row shapes) decides who may share a batch; a caller that
@@ -120,7 +133,7 @@ class MicroBatcher:
                 f"model {self._name} has {len(self._queue)} requests queued, the limit; retry shortly"
             )
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Feed] = loop.create_future()
+        future: asyncio.Future[Outputs] = loop.create_future()
         if signature is None:
             signature = feed_signature(feed)
         self._queue.append(_Item(feed, rows, signature, future, deadline, loop.time()))
@@ -232,11 +245,18 @@ class MicroBatcher:
         else:
             stats.fail_count += len(batch)
             stats.fail_ns += compute_ns * len(batch)
-        entry = stats.batch_sizes.setdefault(rows, [0, 0])
+        key = (
+            rows
+            if rows in stats.batch_sizes or len(stats.batch_sizes) < MAX_TRACKED_BATCH_SIZES
+            else max(stats.batch_sizes)
+        )
+        entry = stats.batch_sizes.setdefault(key, [0, 0])
         entry[0] += 1
         entry[1] += compute_ns
         if self._on_batch is not None:
-            self._on_batch(rows, compute_ns / 1e9)
+            # rows, onnxruntime seconds, each request's wait in the queue, requests still queued
+            waits = [now - item.enqueued - compute_ns / 1e9 for item in batch]
+            self._on_batch(rows, compute_ns / 1e9, waits, len(self._queue))
 
 
 def feed_signature(feed: Feed) -> Signature:
@@ -247,17 +267,17 @@ def _concat(feeds: list[Feed]) -> Feed:
     return {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}
 
 
-def _split(outputs: Feed, rows: list[int]) -> list[Feed]:
+def _split(outputs: Feed, rows: list[int]) -> list[Outputs]:
     """Cut every output along its first (batch) axis back into per-request parts."""
     total = sum(rows)
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != total:
             raise ValueError(f"output {name!r} has shape {list(array.shape)}, not a batch of {total} rows")
     if len(rows) == 1:
-        return [outputs]
+        return [Outputs(outputs, total)]
     parts, start = [], 0
     for count in rows:
-        parts.append({name: array[start : start + count] for name, array in outputs.items()})
+        parts.append(Outputs({name: array[start : start + count] for name, array in outputs.items()}, total))
         start += count
     return parts
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
 from serve import __version__
 from serve.datatypes import V2_TO_TRITON_CONFIG
 from serve.errors import ModelNotFoundError, ModelNotReadyError
+from serve.metrics import Metrics
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
 
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository"]
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -31,6 +34,14 @@ def _repository(request: Request) -> ModelRepository:
 def _entry(request: Request) -> ModelEntry:
     params = request.path_params
     return _repository(request).get(params["model_name"], params.get("model_version"))
+
+
+PLAYGROUND = Path(__file__).with_name("static") / "index.html"
+
+
+async def playground(request: Request) -> Response:
+    """The playground page; its script and stylesheet are under /static, nothing comes from elsewhere."""
+    return Response(PLAYGROUND.read_bytes(), media_type="text/html; charset=utf-8")
 
 
 async def server_live(request: Request) -> Response:
@@ -126,6 +137,31 @@ async def model_stats(request: Request) -> Response:
     else:
         entries = list(repository.entries())
     return json_response({"model_stats": [_stats(entry) for entry in entries]})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition of every tabserve metric."""
+    registry: Metrics = request.state.metrics
+    for entry in _repository(request).entries():
+        registry.queue_depth.labels(entry.model.name, str(entry.model.version)).set(entry.batcher.depth)
+    return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def repository_index(request: Request) -> Response:
+    """Triton's repository index: every version with its state, refused ones with the reason."""
+    repository = _repository(request)
+    body = await request.body()
+    only_ready = bool(orjson.loads(body).get("ready", False)) if body.strip() else False
+    index: list[dict[str, Any]] = [
+        {"name": entry.model.name, "version": str(entry.model.version), "state": "READY", "reason": ""}
+        for entry in repository.entries()
+    ]
+    if not only_ready:
+        index += [
+            {"name": name, "version": str(version), "state": "UNAVAILABLE", "reason": reason}
+            for (name, version), reason in sorted(repository.failures.items())
+        ]
+    return json_response(sorted(index, key=lambda item: (item["name"], int(item["version"]))))
 
 
 def _stats(entry: ModelEntry) -> dict[str, Any]:

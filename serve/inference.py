@@ -9,7 +9,10 @@ request arrives. Each renders its own errors in the one JSON shape.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,13 +20,14 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from serve import binary, protocol, records
-from serve.batching import Feed
+from serve.batching import Feed, Outputs
 from serve.body import read_body
 from serve.errors import DeadlineExceededError, ServeError
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
 
 logger = logging.getLogger("tabserve.inference")
+access_logger = logging.getLogger("tabserve.access")
 JSON = b"application/json"
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
@@ -33,12 +37,14 @@ class ClientDisconnectedError(ServeError):
 
 
 class InferenceEndpoint:
-    """ASGI adapter: read the scope, call `handle`, send one response; ServeErrors become JSON errors."""
+    """ASGI adapter: call `handle`, send one response, count it; ServeErrors become JSON errors."""
 
     def __init__(self, handle: Callable[[Scope, Receive], Awaitable[Reply]]) -> None:
         self.handle = handle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = _request_id(scope)
         try:
             status, body, headers = await self.handle(scope, receive)
         except ServeError as exc:
@@ -46,14 +52,20 @@ class InferenceEndpoint:
             headers = [(b"content-type", JSON), *((k.lower().encode(), v.encode()) for k, v in exc.headers.items())]
         except Exception:
             logger.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
-            status, body, headers = (
-                500,
-                b'{"error":"internal server error; see the server log"}',
-                [(b"content-type", JSON)],
-            )
+            status, body = 500, b'{"error":"internal server error; see the server log"}'
+            headers = [(b"content-type", JSON)]
         headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"x-request-id", request_id))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        seconds = time.perf_counter() - started
+        entry: ModelEntry | None = scope.get("tabserve.entry")
+        if entry is not None:
+            entry.metrics.request(status, seconds)
+        else:  # no model resolved (404 and the like): one bounded label set, never the client's model name
+            scope["state"]["metrics"].requests.labels("", "", str(status)).inc()
+        if scope["state"]["settings"].access_log:
+            _log_access(scope, request_id, entry, status, seconds)
 
 
 def _context(scope: Scope) -> tuple[Settings, ModelRepository, dict[bytes, bytes]]:
@@ -63,7 +75,36 @@ def _context(scope: Scope) -> tuple[Settings, ModelRepository, dict[bytes, bytes
 
 def _entry(repository: ModelRepository, scope: Scope) -> ModelEntry:
     params = scope["path_params"]
-    return repository.get(params["model_name"], params.get("model_version"))
+    entry = scope["tabserve.entry"] = repository.get(params["model_name"], params.get("model_version"))
+    return entry
+
+
+_request_ids = itertools.count(1)
+_PROCESS_TAG = f"{os.getpid():x}"
+
+
+def _request_id(scope: Scope) -> bytes:
+    """The client's X-Request-ID (up to 128 printable characters), else a new one unique to this process."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii() and value.decode().isprintable():
+            return bytes(value)
+    return f"{_PROCESS_TAG}-{next(_request_ids)}".encode()
+
+
+def _log_access(scope: Scope, request_id: bytes, entry: ModelEntry | None, status: int, seconds: float) -> None:
+    """One JSON line; never the body, never a header value other than the request id."""
+    record = {
+        "request_id": request_id.decode(),
+        "method": scope["method"],
+        "path": scope["path"],
+        "model": entry.model.name if entry else None,
+        "version": entry.model.version if entry else None,
+        "rows": scope.get("tabserve.rows"),
+        "batch_rows": scope.get("tabserve.batch_rows"),
+        "status": status,
+        "latency_ms": round(seconds * 1000, 3),
+    }
+    access_logger.info(orjson.dumps(record).decode())
 
 
 async def _infer(scope: Scope, receive: Receive) -> Reply:
@@ -74,7 +115,7 @@ async def _infer(scope: Scope, receive: Receive) -> Reply:
     length = headers.get(b"inference-header-content-length")
     header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
     parsed = protocol.parse_infer_request(protocol.parse_json(header), entry.model, tail, settings.max_request_rows)
-    outputs = await score(receive, settings, entry, parsed.feed, parsed.rows, parsed.timeout_s)
+    outputs = await score(scope, receive, settings, entry, parsed.feed, parsed.rows, parsed.timeout_s)
     content, header_length = protocol.render_infer_response(entry.model, parsed, outputs)
     if header_length is None:
         return 200, content, [(b"content-type", JSON)]
@@ -88,17 +129,19 @@ async def _predict_records(scope: Scope, receive: Receive) -> Reply:
     entry = _entry(repository, scope)
     document = protocol.parse_json(await read_body(receive, headers, settings.max_body_bytes))
     feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
-    outputs = await score(receive, settings, entry, feed, rows, None)
+    outputs = await score(scope, receive, settings, entry, feed, rows, None)
     return 200, _dumps(records.render_predictions(entry.model, outputs)), [(b"content-type", JSON)]
 
 
 async def _predict_seed(scope: Scope, receive: Receive) -> Reply:
     """The seed article's endpoint on the default model: {"age": 35} -> {"predicted_weight": 75.0}."""
     settings, repository, headers = _context(scope)
-    entry = repository.get(settings.default_model)
+    entry = scope["tabserve.entry"] = repository.get(settings.default_model)
     document = protocol.parse_json(await read_body(receive, headers, settings.max_body_bytes))
     feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
-    predictions = records.render_predictions(entry.model, await score(receive, settings, entry, feed, rows, None))
+    predictions = records.render_predictions(
+        entry.model, await score(scope, receive, settings, entry, feed, rows, None)
+    )
     values = [item["label"] if isinstance(item, dict) else item for item in predictions["predictions"]]
     key = f"predicted_{entry.model.card.get('target') or 'value'}"
     return 200, _dumps({key: values[0] if rows == 1 else values}), [(b"content-type", JSON)]
@@ -110,8 +153,14 @@ predict_seed = InferenceEndpoint(_predict_seed)
 
 
 async def score(
-    receive: Receive, settings: Settings, entry: ModelEntry, feed: Feed, rows: int, timeout_s: float | None
-) -> Feed:
+    scope: Scope,
+    receive: Receive,
+    settings: Settings,
+    entry: ModelEntry,
+    feed: Feed,
+    rows: int,
+    timeout_s: float | None,
+) -> Outputs:
     """Queue the request and wait for its rows, within its deadline and only while its client is there."""
     budget = settings.request_timeout_s if timeout_s is None else min(timeout_s, settings.request_timeout_s)
     loop = asyncio.get_running_loop()
@@ -122,18 +171,21 @@ async def score(
     future = entry.batcher.submit(feed, rows, deadline, entry.model.signature)
     # One timer handle, not asyncio.timeout(): the batcher skips a future that is already done.
     timer = loop.call_at(deadline, _expire, future, budget)
+    scope["tabserve.rows"] = rows
     try:
-        return await (_unless_disconnected(receive, future) if watch else future)
+        outputs = await (_unless_disconnected(receive, future) if watch else future)
     finally:
         timer.cancel()
+    scope["tabserve.batch_rows"] = outputs.batch_rows
+    return outputs
 
 
-def _expire(future: asyncio.Future[Feed], budget: float) -> None:
+def _expire(future: asyncio.Future[Outputs], budget: float) -> None:
     if not future.done():
         future.set_exception(DeadlineExceededError(f"no answer within the request deadline of {budget * 1000:.0f} ms"))
 
 
-async def _unless_disconnected(receive: Receive, future: asyncio.Future[Feed]) -> Feed:
+async def _unless_disconnected(receive: Receive, future: asyncio.Future[Outputs]) -> Outputs:
     watcher: asyncio.Future[None] = asyncio.ensure_future(_disconnected(receive))
     try:
         waiting: set[asyncio.Future[Any]] = {future, watcher}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from serve.batching import MicroBatcher
 from serve.errors import ModelNotFoundError
+from serve.metrics import Metrics, ModelMetrics
 from serve.model import Model, ModelLoadError, SessionOptions
 from serve.settings import Settings
 
@@ -20,6 +21,7 @@ logger = logging.getLogger("tabserve.repository")
 class ModelEntry:
     model: Model
     batcher: MicroBatcher
+    metrics: ModelMetrics
 
 
 def scan(model_dir: Path) -> Iterator[tuple[str, int, Path]]:
@@ -45,14 +47,23 @@ def load_model(name: str, version: int, folder: Path, settings: Settings) -> Mod
 class ModelRepository:
     """Name -> version -> entry. Owns the batchers: closing the repository drains them."""
 
-    def __init__(self, settings: Settings, executor: Executor | None) -> None:
+    def __init__(self, settings: Settings, executor: Executor | None, metrics: Metrics) -> None:
         self._settings = settings
         self._executor = executor
+        self.metrics = metrics
         self._models: dict[str, dict[int, ModelEntry]] = {}
         self.failures: dict[tuple[str, int], str] = {}
 
     async def add(self, model: Model) -> ModelEntry:
         settings = self._settings
+        model_metrics = self.metrics.for_model(model.name, model.version)
+        depth = self.metrics.queue_depth.labels(model.name, str(model.version))
+        self.metrics.model_load_seconds.labels(model.name, str(model.version)).set(model.load_seconds)
+
+        def observe(rows: int, seconds: float, waits: list[float], queued: int) -> None:
+            model_metrics.batch(rows, seconds, waits)
+            depth.set(queued)
+
         batcher = MicroBatcher(
             model.run,
             max_batch_size=settings.max_batch_size,
@@ -61,9 +72,10 @@ class ModelRepository:
             inline_batch_rows=settings.inline_batch_rows,
             executor=self._executor,
             name=f"{model.name}/{model.version}",
+            on_batch=observe,
         )
         await batcher.__aenter__()
-        entry = ModelEntry(model, batcher)
+        entry = ModelEntry(model, batcher, model_metrics)
         self._models.setdefault(model.name, {})[model.version] = entry
         self.failures.pop((model.name, model.version), None)
         return entry

@@ -70,6 +70,14 @@ class Settings:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    """Comma list of keys for inference and metadata; with none here or in the file, auth is off."""
+    api_keys_file: Path | None = None
+    """One sha256 hex digest of a key per line."""
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
+    """Keys that may also load and unload models."""
+    admin_keys_file: Path | None = None
+    access_log: bool = False
+    """One JSON line per inference request (request id, model, version, rows, status, latency, batch)."""
 
     def __post_init__(self) -> None:
         positive = ("port", "workers", "max_batch_size", "max_queue_size", "max_body_bytes", "max_request_rows",

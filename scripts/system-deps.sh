@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Debian packages the tests drive for real: Chromium for the playground test, Node.js + npm for the
+# Node example. Installed only when missing; needs root (CI and these machines run as root).
+set -euo pipefail
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing ${missing[*]}: run 'sudo apt-get install ${missing[*]}' (the browser and Node tests need them)" >&2
+  exit 1
+fi
+echo "installing ${missing[*]} from Debian's packages" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,112 @@
+"""The playground page in real headless Chromium (Debian's), driven by Playwright against a real server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import running_server
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+# The closed network makes Chromium retry background connections; these flags stop it trying.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+PENGUIN = {"island": "Dream", "bill_length_mm": 45.1, "bill_depth_mm": 17.0, "flipper_length_mm": 200.0,
+           "body_mass_g": 3800.0, "sex": "female"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        # Never a silent skip: `make test` installs chromium; a machine without it fails here, loudly.
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (make test does this as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any, tmp_path: Path) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def fill_penguin(page: Any) -> None:
+    page.locator("#models button[data-model='penguins']").click()
+    page.wait_for_selector("#fields select[name='island']")
+    for name, value in PENGUIN.items():
+        control = page.locator(f"#fields [name='{name}']")
+        if isinstance(value, str):
+            control.select_option(value)
+        else:
+            control.fill(str(value))
+
+
+def test_predicting_in_the_page_shows_what_the_api_answers(page: Any, server_url: str) -> None:
+    page.goto(server_url + "/")
+    page.wait_for_selector("#models button[data-model='penguins']")
+    fill_penguin(page)
+    card = page.locator("#model-card").inner_text()
+    assert "parity probabilities" in card and "CV accuracy" in card
+    page.locator("#predict").click()
+    page.wait_for_selector("#prediction:not([hidden])")
+    api = httpx.post(f"{server_url}/v1/models/penguins:predict", json={"instances": [PENGUIN]}).json()["predictions"][0]
+    assert page.locator("#prediction-value").inner_text() == api["label"]
+    for name, probability in api["probabilities"].items():
+        shown = page.locator(f".bar[data-class='{name}'] span").last.inner_text()
+        assert shown == f"{probability * 100:.1f} %"
+    assert "ms round trip" in page.locator("#latency").inner_text()
+    # The live panel turns /metrics into a request rate once it has two scrapes around some traffic.
+    for _ in range(5):
+        page.locator("#predict").click()
+    page.wait_for_function("Number(document.getElementById('live-rps').textContent) > 0", timeout=10_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+
+
+def test_the_page_shows_a_server_error_as_the_server_worded_it(page: Any, server_url: str) -> None:
+    page.goto(server_url + "/")
+    page.locator("#models button[data-model='age-weight']").click()
+    page.wait_for_selector("#fields input[name='age']")
+    page.locator("#fields input[name='age']").fill("")
+    page.locator("#predict").click()
+    page.wait_for_selector("#error:not([hidden])")
+    api = httpx.post(f"{server_url}/v1/models/age-weight:predict", json={"instances": [{}]}).json()["error"]
+    assert page.locator("#error").inner_text() == api
+
+
+def test_with_api_keys_on_the_page_works_once_a_key_is_entered(page: Any, model_dir: Path) -> None:
+    with running_server(model_dir, {"SERVE_API_KEYS": "s3cret-key"}) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("#models-error:not([hidden])")
+        assert "missing API key" in page.locator("#models-error").inner_text()
+        page.locator("#api-key").fill("s3cret-key")
+        page.locator("#api-key").dispatch_event("change")
+        page.wait_for_selector("#models button[data-model='penguins']")
+        fill_penguin(page)
+        page.locator("#predict").click()
+        page.wait_for_selector("#prediction:not([hidden])")
+        assert page.evaluate("sessionStorage.getItem('tabserve-api-key')") == "s3cret-key"
+        assert page.evaluate("localStorage.length") == 0
+        assert page.locator("#prediction-value").inner_text() in {"Adelie", "Chinstrap", "Gentoo"}
+
+
+def test_every_asset_is_served_by_tabserve_itself(server_url: str) -> None:
+    html = httpx.get(server_url + "/").text
+    assert "http://" not in html and "https://" not in html
+    for asset in ("/static/playground.js", "/static/playground.css"):
+        response = httpx.get(server_url + asset)
+        assert response.status_code == 200 and "http://" not in response.text and "https://" not in response.text
