@@ -25,11 +25,18 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def server_process(
-    command: Sequence[str], ready_url: str, env: dict[str, str] | None = None, timeout_s: float = 60.0
+    command: Sequence[str],
+    ready_url: str,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
+    log_path: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `command`; yield once `ready_url` answers 200; terminate (then kill) on the way out."""
-    # A file, not a pipe: a pipe nobody reads fills up and blocks a chatty server.
-    with tempfile.TemporaryFile() as log:
+    """Run `command`; yield once `ready_url` answers 200; terminate (then kill) on the way out.
+
+    Output goes to `log_path` (or a temporary file): a file, not a pipe, since a pipe nobody reads
+    fills up and blocks a chatty server.
+    """
+    with open(log_path, "w+b") if log_path else tempfile.TemporaryFile() as log:
         process = subprocess.Popen(list(command), env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_ready(ready_url, process, log, timeout_s)

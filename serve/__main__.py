@@ -2,16 +2,63 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import tempfile
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
 import uvicorn
 
-from serve.app import create_app
+from serve.app import Lifecycle, create_app
 from serve.settings import Settings
+
+logger = logging.getLogger("tabserve")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain: on SIGTERM readiness turns 503 at once, requests are still served
+    for `shutdown_drain_s` (load balancers notice and stop routing), then uvicorn's own graceful
+    shutdown stops accepting and lets in-flight requests finish. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_s: float) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.drain_s = drain_s
+        self.draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.draining or self.drain_s <= 0 or not self.lifecycle.ready:
+            super().handle_exit(sig, frame)
+            return
+        self.draining = True
+        self.lifecycle.ready = False
+        logger.info("signal %d: readiness off; draining for %.1f s, then shutting down", sig, self.drain_s)
+        timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
+        timer.daemon = True
+        timer.start()
+
+
+def app_from_environment() -> Any:
+    """The app factory each worker process calls when --workers > 1 (settings arrive as SERVE_* variables)."""
+    return create_app(Settings.from_env(os.environ))
+
+
+def size_workers(settings: Settings) -> Settings:
+    """Never oversubscribe: workers x onnxruntime intra-op threads <= cores (onnxruntime issue #13808)."""
+    cores = os.cpu_count() or 1
+    threads = settings.ort_intra_op_threads
+    if settings.workers * threads > cores:
+        threads = max(1, cores // settings.workers)
+        logger.warning("%d workers x %d onnxruntime threads > %d cores: using %d thread(s) per worker",
+                       settings.workers, settings.ort_intra_op_threads, cores, threads)  # fmt: skip
+        settings = dataclasses.replace(settings, ort_intra_op_threads=threads)
+    logger.info("%d worker(s) x %d onnxruntime intra-op thread(s) on %d cores", settings.workers, threads, cores)
+    return settings
 
 
 @click.command(context_settings={"show_default": True})
@@ -23,6 +70,7 @@ from serve.settings import Settings
 )
 @click.option("--host", default=None, help="Bind address [env SERVE_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [env SERVE_PORT, default 8000].")
+@click.option("--workers", type=int, default=None, help="Worker processes [env SERVE_WORKERS, default 1].")
 @click.option("--max-batch-size", type=int, default=None, help="Rows per onnxruntime call [SERVE_MAX_BATCH_SIZE].")
 @click.option("--max-batch-delay-ms", type=float, default=None, help="Wait to grow batches [SERVE_MAX_BATCH_DELAY_MS].")
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TLS certificate.")
@@ -35,19 +83,33 @@ def main(**options: Any) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=settings.log_level,
-        timeout_keep_alive=int(settings.timeout_keep_alive_s),
-        ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-    )
+    settings = size_workers(settings)
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": settings.log_level,
+        "timeout_keep_alive": int(settings.timeout_keep_alive_s),
+        "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
+        "ssl_certfile": settings.ssl_certfile,
+        "ssl_keyfile": settings.ssl_keyfile,
+    }
+    if settings.workers == 1:
+        lifecycle = Lifecycle()
+        config = uvicorn.Config(create_app(settings, lifecycle), loop="uvloop", **common)
+        DrainingServer(config, lifecycle, settings.shutdown_drain_s).run()
+        return
+    # Several processes: each builds its app from SERVE_* variables, so the flags travel as variables,
+    # and metrics from every process are summed through prometheus-client's multiprocess directory.
+    os.environ.update({f"SERVE_{key.upper()}": str(value) for key, value in options.items() if value is not None})
+    os.environ["SERVE_ORT_INTRA_OP_THREADS"] = str(settings.ort_intra_op_threads)
+    with tempfile.TemporaryDirectory(prefix="tabserve-metrics-") as metrics_dir:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+        # asyncio, not uvloop: uvloop 0.23 crashed multiprocess servers on this kind of machine.
+        uvicorn.run("serve.__main__:app_from_environment", factory=True, workers=settings.workers, loop="asyncio",
+                    **common)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount, Route
@@ -51,6 +53,8 @@ def routes() -> list[BaseRoute]:
         ("/v2", endpoints.server_metadata, GET),
         ("/v2/models/stats", endpoints.model_stats, GET),
         ("/v2/repository/index", endpoints.repository_index, POST),
+        ("/v2/repository/models/{model_name}/load", endpoints.repository_load, POST),
+        ("/v2/repository/models/{model_name}/unload", endpoints.repository_unload, POST),
         ("/metrics", endpoints.metrics, GET),
         ("/predict", inference.predict_seed, POST),
     ]
@@ -79,8 +83,10 @@ class InferenceFront:
     same endpoint; what is skipped is Starlette's middleware and Request wrapping (about 25 us per request).
     """
 
-    def __init__(self, app: Starlette, routes: list[BaseRoute]) -> None:
+    def __init__(self, app: Starlette, routes: list[BaseRoute], max_in_flight: int) -> None:
         self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
         self.fast = [
             (route, route.endpoint)
             for route in routes
@@ -93,19 +99,40 @@ class InferenceFront:
             for route, endpoint in self.fast:
                 match = route.path_regex.match(path)
                 if match:
+                    if self.in_flight >= self.max_in_flight:
+                        await _busy(send, self.max_in_flight)
+                        return
                     scope["path_params"] = match.groupdict()
-                    await endpoint(scope, receive, send)
+                    self.in_flight += 1
+                    try:
+                        await endpoint(scope, receive, send)
+                    finally:
+                        self.in_flight -= 1
                     return
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings) -> ASGIApp:
-    """Create the ASGI app; sessions, batchers and threads exist only inside the lifespan."""
+async def _busy(send: Send, limit: int) -> None:
+    body = orjson.dumps({"error": f"the server is handling {limit} inference requests, its limit; retry shortly"})
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIApp:
+    """Create the ASGI app; sessions, batchers and threads exist only inside the lifespan.
+
+    `lifecycle` lets the process (its SIGTERM handler) turn readiness off before the server stops.
+    """
     keys = KeyRing.from_settings(settings)
+    lifecycle = lifecycle or Lifecycle()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
-        lifecycle = Lifecycle()
         metrics = Metrics()
         (logger.info if keys.enabled else logger.warning)(keys.describe())
         # Batches above inline_batch_rows run here; one thread per core that onnxruntime may use.
@@ -119,11 +146,16 @@ def create_app(settings: Settings) -> ASGIApp:
             # full collections otherwise rescan it and stalled requests by ~17 ms (measured at p99).
             gc.collect()
             gc.freeze()
+            poller = (
+                asyncio.create_task(repository.poll(settings.poll_interval_s)) if settings.poll_interval_s else None
+            )
             lifecycle.ready = True
             try:
                 yield {"settings": settings, "repository": repository, "lifecycle": lifecycle, "metrics": metrics}
             finally:
                 lifecycle.ready = False
+                if poller is not None:
+                    poller.cancel()
                 await repository.close()
 
     table = routes()
@@ -132,4 +164,4 @@ def create_app(settings: Settings) -> ASGIApp:
         lifespan=lifespan,
         exception_handlers={ServeError: render_serve_error, HTTPException: render_http_error},
     )
-    return AuthMiddleware(InferenceFront(app, table), keys)
+    return AuthMiddleware(InferenceFront(app, table, settings.max_in_flight), keys)

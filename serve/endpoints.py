@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from serve import __version__
 from serve.datatypes import V2_TO_TRITON_CONFIG
-from serve.errors import ModelNotFoundError, ModelNotReadyError
+from serve.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from serve.metrics import Metrics
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
@@ -162,6 +162,23 @@ async def repository_index(request: Request) -> Response:
             for (name, version), reason in sorted(repository.failures.items())
         ]
     return json_response(sorted(index, key=lambda item: (item["name"], int(item["version"]))))
+
+
+async def repository_load(request: Request) -> Response:
+    """Load (or reload) a model's versions from disk; a refused version is a 400 naming why, old ones keep serving."""
+    name = request.path_params["model_name"]
+    refusals = await _repository(request).refresh(only=name)
+    if refusals:
+        raise InvalidRequestError("; ".join(refusals))
+    if not _repository(request).versions(name):
+        raise ModelNotFoundError(f"no servable version of {name!r} under the model directory")
+    return json_response({"name": name, "versions": [str(v) for v in _repository(request).versions(name)]})
+
+
+async def repository_unload(request: Request) -> Response:
+    name = request.path_params["model_name"]
+    await _repository(request).unload(name)
+    return json_response({"name": name, "state": "UNAVAILABLE"})
 
 
 def _stats(entry: ModelEntry) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from concurrent.futures import Executor
@@ -35,6 +36,10 @@ def scan(model_dir: Path) -> Iterator[tuple[str, int, Path]]:
                     yield folder.name, int(child.name), child
 
 
+def _stamp(folder: Path) -> tuple[float, ...]:
+    return tuple(path.stat().st_mtime for path in sorted(folder.iterdir()) if path.is_file())
+
+
 def load_model(name: str, version: int, folder: Path, settings: Settings) -> Model:
     """Load, verify (sha256, golden vectors) and warm up one version; ModelLoadError if it must not serve."""
     options = SessionOptions(settings.ort_intra_op_threads, settings.ort_inter_op_threads, settings.ort_allow_spinning)
@@ -53,6 +58,10 @@ class ModelRepository:
         self.metrics = metrics
         self._models: dict[str, dict[int, ModelEntry]] = {}
         self.failures: dict[tuple[str, int], str] = {}
+        self._tried: dict[tuple[str, int], tuple[float, ...]] = {}
+        """Files' mtimes when a version was last tried: a refused version is retried only once it changes."""
+        self._unloaded: set[str] = set()
+        self._lock = asyncio.Lock()
 
     async def add(self, model: Model) -> ModelEntry:
         settings = self._settings
@@ -81,15 +90,74 @@ class ModelRepository:
         return entry
 
     async def load_all(self) -> None:
+        """Start-up: load every version in this thread (nothing is serving yet)."""
         for name, version, folder in scan(self._settings.model_dir):
+            self._tried[(name, version)] = _stamp(folder)
             try:
                 model = load_model(name, version, folder, self._settings)
             except ModelLoadError as exc:
-                logger.error("refusing %s version %d: %s", name, version, exc)
-                self.failures[(name, version)] = str(exc)
+                self._refuse(name, version, exc)
                 continue
             await self.add(model)
             logger.info("loaded %s version %d in %.3f s", name, version, model.load_seconds)
+
+    async def refresh(self, only: str | None = None) -> list[str]:
+        """Load versions that appeared (or changed after a refusal); return the refusals' messages.
+
+        Loading, verification and warm-up run in a thread; a version takes traffic only once added,
+        and nothing already serving is touched, so a swap under load fails no request.
+        """
+        refusals = []
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if only is not None:
+                self._unloaded.discard(only)
+            for name, version, folder in scan(self._settings.model_dir):
+                if (
+                    (only is not None and name != only)
+                    or name in self._unloaded
+                    or version in self._models.get(name, {})
+                ):
+                    continue
+                stamp = _stamp(folder)
+                if only is None and self._tried.get((name, version)) == stamp:
+                    continue
+                self._tried[(name, version)] = stamp
+                try:
+                    model = await loop.run_in_executor(None, load_model, name, version, folder, self._settings)
+                except ModelLoadError as exc:
+                    refusals.append(self._refuse(name, version, exc))
+                    continue
+                await self.add(model)
+                logger.info(
+                    "picked up %s version %d (%.3f s to load, verify and warm)", name, version, model.load_seconds
+                )
+        return refusals
+
+    async def unload(self, name: str) -> None:
+        """Stop serving every version of `name`: new requests get 404, queued ones still finish."""
+        async with self._lock:
+            versions = self._models.pop(name, None)
+            if versions is None:
+                raise ModelNotFoundError(f"unknown model {name!r}; available: {sorted(self._models)}")
+            self._unloaded.add(name)
+        for entry in versions.values():
+            await entry.batcher.close()
+        logger.info("unloaded %s versions %s", name, sorted(versions))
+
+    async def poll(self, interval_s: float) -> None:
+        """Pick up newly exported versions every `interval_s` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # a scan error (a folder vanishing mid-scan) must not stop future scans
+                logger.exception("scanning %s failed", self._settings.model_dir)
+
+    def _refuse(self, name: str, version: int, exc: ModelLoadError) -> str:
+        logger.error("refusing %s version %d: %s", name, version, exc)
+        self.failures[(name, version)] = str(exc)
+        return f"{name} version {version}: {exc}"
 
     async def close(self) -> None:
         for versions in self._models.values():

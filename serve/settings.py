@@ -60,6 +60,14 @@ class Settings:
     request_timeout_s: float = 10.0
     """Deadline from arrival to answer; past it the request gets 504 instead of running late."""
     timeout_keep_alive_s: float = 5.0
+    max_in_flight: int = 4096
+    """Inference requests being handled at once (all models); beyond it 503 + Retry-After at once."""
+    poll_interval_s: float = 2.0
+    """How often the model directory is scanned for new versions (0 = never; the load API still works)."""
+    shutdown_drain_s: float = 1.0
+    """On SIGTERM, readiness turns 503 and requests are still served this long before the listener closes."""
+    shutdown_timeout_s: float = 20.0
+    """After the drain, how long in-flight and queued requests may take to finish."""
 
     ort_intra_op_threads: int = 1
     ort_inter_op_threads: int = 1
@@ -81,11 +89,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         positive = ("port", "workers", "max_batch_size", "max_queue_size", "max_body_bytes", "max_request_rows",
-                    "ort_intra_op_threads", "ort_inter_op_threads")  # fmt: skip
+                    "ort_intra_op_threads", "ort_inter_op_threads", "max_in_flight")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"SERVE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
-        for name in ("max_batch_delay_ms", "request_timeout_s", "timeout_keep_alive_s"):
+        for name in ("max_batch_delay_ms", "request_timeout_s", "timeout_keep_alive_s", "poll_interval_s",
+                     "shutdown_drain_s", "shutdown_timeout_s"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"SERVE_{name.upper()} must be >= 0, got {getattr(self, name)!r}")
 

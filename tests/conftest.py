@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,25 @@ def golden_rows(golden: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def running_server(model_dir: Path, env: dict[str, str] | None = None, *args: str) -> Iterator[str]:
+def running_server(
+    model_dir: Path, env: dict[str, str] | None = None, *args: str, log_path: Path | None = None
+) -> Iterator[str]:
     """`python -m serve` as a real process on a loopback port; yields its base URL once it is ready."""
+    with serving_process(model_dir, env, *args, log_path=log_path) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serving_process(
+    model_dir: Path, env: dict[str, str] | None = None, *args: str, log_path: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like running_server, but also yields the process (to signal it)."""
     port = free_port()
     scheme = "https" if "--ssl-certfile" in args else "http"
     url = f"{scheme}://127.0.0.1:{port}"
-    with server_process(tabserve_command(model_dir, port, *args), f"{url}/v2/health/ready", clean_env(env)):
-        yield url
+    command = tabserve_command(model_dir, port, *args)
+    with server_process(command, f"{url}/v2/health/ready", clean_env(env), log_path=log_path) as process:
+        yield url, process
 
 
 @pytest.fixture(scope="session")

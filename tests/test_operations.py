@@ -1,0 +1,291 @@
+"""Operating safely, each against a real server on loopback: keys, TLS, metrics, logs, hot pick-up,
+load/unload, in-flight and queue limits, graceful shutdown, several workers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import running_server, serving_process
+
+pytestmark = pytest.mark.slow
+AGE = {"inputs": [{"name": "age", "datatype": "FP32", "shape": [1, 1], "data": [35]}]}
+
+
+def only_age_weight(model_dir: Path, target: Path) -> Path:
+    """A private repository holding a copy of age-weight v1, to publish and tamper with."""
+    shutil.copytree(model_dir / "age-weight" / "1", target / "age-weight" / "1")
+    return target
+
+
+def publish_copy(
+    repository: Path, version: int, *, tamper: bytes | None = None, model_bytes: bytes | None = None
+) -> None:
+    """Write version `version` the way the exporter does: staged, then renamed into place."""
+    source = repository / "age-weight" / "1"
+    staging = repository / "age-weight" / f".staging-{version}"
+    shutil.copytree(source, staging)
+    card = json.loads((staging / "model.json").read_text())
+    card["version"] = version
+    if model_bytes is not None:
+        (staging / "model.onnx").write_bytes(model_bytes)
+        card["sha256"] = hashlib.sha256(model_bytes).hexdigest()
+    if tamper is not None:
+        (staging / "model.onnx").write_bytes((staging / "model.onnx").read_bytes() + tamper)
+    (staging / "model.json").write_text(json.dumps(card))
+    staging.rename(repository / "age-weight" / str(version))
+
+
+class Load:
+    """Background clients sending requests until stopped; records every status and answer."""
+
+    def __init__(self, url: str, path: str = "/v2/models/age-weight/infer", clients: int = 4, **client: Any) -> None:
+        self.url, self.path, self.client = url, path, client
+        self.statuses: Counter[int] = Counter()
+        self.versions: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(clients)]
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10, **self.client) as client:
+            while not self.stop.is_set():
+                try:
+                    response = client.post(self.path, json=AGE)
+                except httpx.TransportError as exc:
+                    self.errors.append(type(exc).__name__)
+                    continue
+                self.statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    self.versions[response.json()["model_version"]] += 1
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=15)
+
+
+def wait_for(condition: Any, timeout_s: float = 15.0, what: str = "condition") -> None:
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_api_keys_guard_everything_but_health_and_admin_keys_guard_the_repository(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "keys.sha256"
+    keys_file.write_text(f"# one digest per line\n{hashlib.sha256(b'from-file').hexdigest()}\n")
+    env = {"SERVE_API_KEYS": "plain-key", "SERVE_API_KEYS_FILE": str(keys_file), "SERVE_ADMIN_KEYS": "admin-key"}
+    log = tmp_path / "server.log"
+    with running_server(model_dir, env, log_path=log) as url:
+        assert httpx.get(f"{url}/v2/health/live").status_code == 200
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+        missing = httpx.post(f"{url}/predict", json={"age": 35})
+        assert missing.status_code == 401 and "missing API key" in missing.json()["error"]
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        wrong = httpx.post(f"{url}/predict", json={"age": 35}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403 and wrong.json() == {"error": "API key not recognised"}
+        for headers in ({"Authorization": "Bearer plain-key"}, {"X-API-Key": "from-file"}, {"X-API-Key": "admin-key"}):
+            assert httpx.post(f"{url}/predict", json={"age": 35}, headers=headers).json() == {"predicted_weight": 75.0}
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        unload = f"{url}/v2/repository/models/diabetes/unload"
+        assert httpx.post(unload, headers={"X-API-Key": "plain-key"}).status_code == 403
+        assert httpx.post(unload, headers={"X-API-Key": "admin-key"}).status_code == 200
+    text = log.read_text()
+    assert "API keys: on (2 user key(s), 1 admin key(s))" in text
+    assert "plain-key" not in text and "admin-key" not in text
+
+
+def test_server_says_at_start_when_auth_is_off(model_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with running_server(model_dir, log_path=log):
+        pass
+    assert "API keys: OFF (no key configured)" in log.read_text()
+
+
+def test_tls_with_a_self_signed_certificate(model_dir: Path, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    with running_server(model_dir, None, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)) as url:
+        assert url.startswith("https://")
+        response = httpx.post(f"{url}/predict", json={"age": 35}, verify=ssl.create_default_context(cafile=str(cert)))
+        assert response.json() == {"predicted_weight": 75.0}
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(f"{url}/predict", json={"age": 35})  # not trusted without the certificate
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.post(url.replace("https", "http") + "/predict", json={"age": 35})
+
+
+def test_metrics_count_requests_latency_batches_and_loads(server_url: str) -> None:
+    before = httpx.get(f"{server_url}/metrics").text
+    for _ in range(5):
+        httpx.post(f"{server_url}/v1/models/diabetes:predict", json={"instances": [{}]})  # imputed: all missing
+    httpx.post(f"{server_url}/v2/models/diabetes/infer", json={"inputs": []})  # a 400
+    text = httpx.get(f"{server_url}/metrics").text
+
+    def value(sample: str, body: str) -> float:
+        line = next((row for row in body.splitlines() if row.startswith(sample + " ")), None)
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    ok = 'tabserve_requests_total{model="diabetes",status="200",version="1"}'
+    assert value(ok, text) - value(ok, before) == 5
+    bad = 'tabserve_requests_total{model="diabetes",status="400",version="1"}'
+    assert value(bad, text) - value(bad, before) == 1
+    assert 'tabserve_request_duration_seconds_bucket{le="0.0001",model="diabetes",version="1"}' in text
+    assert value('tabserve_batch_rows_count{model="diabetes",version="1"}', text) >= 5
+    assert 'tabserve_queue_wait_seconds_count{model="diabetes",version="1"}' in text
+    assert 'tabserve_inference_seconds_sum{model="diabetes",version="1"}' in text
+    assert value('tabserve_model_load_seconds{model="penguins",version="1"}', text) > 0
+    assert 'tabserve_queue_depth{model="penguins",version="1"} 0.0' in text
+
+
+def test_access_log_is_one_json_line_per_request_without_bodies_or_keys(model_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    env = {"SERVE_ACCESS_LOG": "true", "SERVE_API_KEYS": "very-secret"}
+    with running_server(model_dir, env, log_path=log) as url:
+        headers = {"X-API-Key": "very-secret", "X-Request-ID": "trace-42"}
+        response = httpx.post(
+            f"{url}/v1/models/age-weight:predict", json={"instances": [{"age": 31.5}] * 3}, headers=headers
+        )
+        assert response.headers["x-request-id"] == "trace-42"
+        generated = httpx.post(f"{url}/predict", json={"age": 35}, headers={"X-API-Key": "very-secret"})
+        assert generated.headers["x-request-id"]
+    lines = [json.loads(line.split(": ", 1)[1]) for line in log.read_text().splitlines() if "tabserve.access" in line]
+    record = next(item for item in lines if item["request_id"] == "trace-42")
+    assert record["model"] == "age-weight" and record["version"] == 1 and record["rows"] == 3
+    assert record["status"] == 200 and record["batch_rows"] >= 3 and record["latency_ms"] > 0
+    assert any(item["request_id"] == generated.headers["x-request-id"] for item in lines)
+    assert "31.5" not in log.read_text() and "very-secret" not in log.read_text()
+
+
+def test_a_new_version_is_picked_up_under_load_without_a_failed_request(model_dir: Path, tmp_path: Path) -> None:
+    repository = only_age_weight(model_dir, tmp_path / "models")
+    with running_server(repository, {"SERVE_POLL_INTERVAL_S": "0.2"}) as url, Load(url) as load:
+        wait_for(lambda: load.versions["1"] > 50, what="traffic on version 1")
+        publish_copy(repository, 2)
+        wait_for(lambda: load.versions["2"] > 50, what="traffic moving to version 2")
+    assert load.errors == [] and set(load.statuses) == {200}, (load.statuses, load.errors[:5])
+
+
+def test_tampered_and_invalid_versions_are_refused_while_the_old_one_serves(model_dir: Path, tmp_path: Path) -> None:
+    repository = only_age_weight(model_dir, tmp_path / "models")
+    admin = {"X-API-Key": "admin"}
+    with (
+        running_server(repository, {"SERVE_POLL_INTERVAL_S": "0.2", "SERVE_ADMIN_KEYS": "admin"}) as url,
+        Load(url, headers=admin) as load,
+    ):
+        publish_copy(repository, 2, tamper=b"\x00")
+        publish_copy(repository, 3, model_bytes=b"not an onnx model")
+
+        def refused() -> list[dict[str, str]]:
+            index = httpx.post(f"{url}/v2/repository/index", headers=admin).json()
+            return [item for item in index if item["state"] == "UNAVAILABLE"]
+
+        wait_for(lambda: len(refused()) == 2, what="both bad versions refused")
+        reasons = {item["version"]: item["reason"] for item in refused()}
+        assert "does not match the card's" in reasons["2"] and "sha256" in reasons["2"]
+        assert "is not a loadable ONNX model" in reasons["3"]
+        answer = httpx.post(f"{url}/v2/repository/models/age-weight/load", headers=admin)
+        assert answer.status_code == 400 and "age-weight version 2" in answer.json()["error"]
+        wait_for(lambda: load.versions["1"] > 50, what="version 1 still serving")
+    assert set(load.versions) == {"1"} and set(load.statuses) == {200} and load.errors == []
+
+
+def test_unload_and_load_through_the_repository_api(model_dir: Path, tmp_path: Path) -> None:
+    with running_server(model_dir, {"SERVE_POLL_INTERVAL_S": "0"}) as url:
+        assert httpx.post(f"{url}/v2/repository/models/penguins/unload").json() == {
+            "name": "penguins",
+            "state": "UNAVAILABLE",
+        }
+        assert httpx.get(f"{url}/v2/models/penguins").status_code == 404
+        assert httpx.post(f"{url}/v2/repository/models/penguins/load").json() == {"name": "penguins", "versions": ["1"]}
+        assert httpx.get(f"{url}/v2/models/penguins/ready").json() == {"name": "penguins", "ready": True}
+        missing = httpx.post(f"{url}/v2/repository/models/nope/load")
+        assert missing.status_code == 404 and "no servable version of 'nope'" in missing.json()["error"]
+
+
+def test_in_flight_and_queue_limits_answer_503_with_retry_after_at_once(model_dir: Path) -> None:
+    # A 300 ms batch delay holds requests in the queue, so the limits are reached deterministically.
+    env = {"SERVE_MAX_BATCH_DELAY_MS": "300", "SERVE_MAX_QUEUE_SIZE": "2", "SERVE_MAX_IN_FLIGHT": "3"}
+    with running_server(model_dir, env) as url:
+        results: list[tuple[int, float, httpx.Response]] = []
+
+        def send(index: int) -> None:
+            started = time.perf_counter()
+            response = httpx.post(f"{url}/v2/models/age-weight/infer", json=AGE, timeout=10)
+            results.append((index, time.perf_counter() - started, response))
+
+        threads = [threading.Thread(target=send, args=(index,)) for index in range(6)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.02)
+        for thread in threads:
+            thread.join()
+    statuses = Counter(response.status_code for _, _, response in results)
+    assert statuses[200] == 2 and statuses[503] == 4, statuses
+    for _, seconds, response in results:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "1"
+            assert seconds < 0.25, "a refusal does not wait for the batch"
+            assert "limit" in response.json()["error"]
+
+
+def test_sigterm_turns_readiness_off_drains_and_fails_no_accepted_request(model_dir: Path, tmp_path: Path) -> None:
+    env = {"SERVE_SHUTDOWN_DRAIN_S": "1.5", "SERVE_MAX_BATCH_DELAY_MS": "20"}
+    log = tmp_path / "server.log"
+    with serving_process(model_dir, env, log_path=log) as (url, process), Load(url, clients=6) as load:
+        wait_for(lambda: sum(load.statuses.values()) > 100, what="traffic")
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 503, timeout_s=1.0, what="readiness 503")
+        served_before = load.statuses[200]
+        time.sleep(1.0)
+        assert load.statuses[200] > served_before, "requests are still served while draining"
+        process.wait(timeout=20)
+        assert time.monotonic() - signalled < 10, "exits soon after the drain"
+        # uvicorn re-raises the signal once its graceful shutdown is complete, so the exit status is SIGTERM's.
+        assert process.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in log.read_text()
+    assert set(load.statuses) == {200}, load.statuses  # every request that was accepted got its answer
+    assert all(error in {"ConnectError", "RemoteProtocolError", "ReadError"} for error in load.errors), load.errors
+
+
+def test_several_workers_serve_under_load_and_their_metrics_add_up(model_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with running_server(model_dir, {"SERVE_WORKERS": "2"}, log_path=log) as url:
+        with Load(url, clients=8) as load:
+            wait_for(lambda: load.statuses[200] > 600, what="traffic on two workers")
+        text = httpx.get(f"{url}/metrics").text
+    assert set(load.statuses) == {200} and load.errors == []
+    line = next(row for row in text.splitlines() if row.startswith('tabserve_requests_total{model="age-weight"'))
+    assert float(line.rsplit(" ", 1)[1]) == load.statuses[200], "every worker's requests are counted once"
+    started = {
+        row.split("[")[1].split("]")[0] for row in log.read_text().splitlines() if "Started server process" in row
+    }
+    assert len(started) == 2
+    assert "2 worker(s) x 1 onnxruntime intra-op thread(s) on" in log.read_text()
