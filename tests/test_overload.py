@@ -65,8 +65,9 @@ def test_far_past_saturation_excess_gets_fast_503s_accepted_requests_meet_deadli
 
         # 128 connections against a 16-request queue: a refused client asks again at once, so the offered
         # load (served + refused) is several times what the server runs; the test checks it is >= 3x.
-        load = subprocess.Popen([wrk, "-t1", f"-c{CONNECTIONS}", f"-d{OVERLOAD_S}s", "--timeout", "10s", "-s", str(script),
-                                 f"{url}/v2/models/age-weight/infer"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        command = [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{OVERLOAD_S}s", "--timeout", "10s", "-s", str(script),
+                   f"{url}/v2/models/age-weight/infer"]  # fmt: skip
+        load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         time.sleep(2)
         prober = threading.Thread(target=probe_loop)
         prober.start()
