@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve import endpoints, inference
 from serve.auth import AuthMiddleware, KeyRing
+from serve.cache import ResponseCache
 from serve.errors import ServeError, render_http_error, render_serve_error
 from serve.metrics import Metrics
 from serve.repository import ModelRepository
@@ -43,6 +44,7 @@ class AppState(TypedDict):
     repository: ModelRepository
     lifecycle: Lifecycle
     metrics: Metrics
+    cache: ResponseCache | None
 
 
 def routes() -> list[BaseRoute]:
@@ -100,6 +102,7 @@ class InferenceFront:
                 match = route.path_regex.match(path)
                 if match:
                     if self.in_flight >= self.max_in_flight:
+                        scope["state"]["metrics"].rejected.labels("in_flight").inc()
                         await _busy(send, self.max_in_flight)
                         return
                     scope["path_params"] = match.groupdict()
@@ -151,7 +154,13 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
             )
             lifecycle.ready = True
             try:
-                yield {"settings": settings, "repository": repository, "lifecycle": lifecycle, "metrics": metrics}
+                yield {
+                    "settings": settings,
+                    "repository": repository,
+                    "lifecycle": lifecycle,
+                    "metrics": metrics,
+                    "cache": ResponseCache(settings.cache_max_entries) if settings.cache_max_entries else None,
+                }
             finally:
                 lifecycle.ready = False
                 if poller is not None:

@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from serve import binary, protocol, records
 from serve.batching import Feed, Outputs
 from serve.body import read_body
+from serve.cache import MAX_CACHED_ROWS, ResponseCache, canonical_key
 from serve.errors import DeadlineExceededError, ServeError
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
@@ -162,6 +163,15 @@ async def score(
     timeout_s: float | None,
 ) -> Outputs:
     """Queue the request and wait for its rows, within its deadline and only while its client is there."""
+    cache: ResponseCache | None = scope["state"]["cache"]
+    key = None
+    if cache is not None and rows <= MAX_CACHED_ROWS:
+        key = canonical_key(entry.model.identity, feed)
+        cached = cache.get(key)
+        entry.metrics.parent.cache.labels("hit" if cached is not None else "miss").inc()
+        if cached is not None:
+            scope["tabserve.rows"], scope["tabserve.batch_rows"] = rows, 0
+            return cached
     budget = settings.request_timeout_s if timeout_s is None else min(timeout_s, settings.request_timeout_s)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
@@ -177,6 +187,8 @@ async def score(
     finally:
         timer.cancel()
     scope["tabserve.batch_rows"] = outputs.batch_rows
+    if key is not None and cache is not None:
+        cache.put(key, outputs, rows)
     return outputs
 
 

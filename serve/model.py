@@ -78,6 +78,7 @@ class Model:
         self.features = {feature["name"]: feature for feature in self.card.get("features", [])}
         self.classes: list[Any] | None = self.card.get("classes")
         self.task: str = self.card.get("task", "regression")
+        self.identity = (name, version, str(self.card["sha256"]))
         self._check_golden()
         self.load_seconds = time.monotonic() - started
 

@@ -84,6 +84,8 @@ class Settings:
     admin_keys: tuple[str, ...] = field(default=(), repr=False)
     """Keys that may also load and unload models."""
     admin_keys_file: Path | None = None
+    cache_max_entries: int = 0
+    """Response cache size in requests (LRU); 0 = off. Only requests of up to 64 rows are cached."""
     access_log: bool = False
     """One JSON line per inference request (request id, model, version, rows, status, latency, batch)."""
 
@@ -93,8 +95,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"SERVE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
-        for name in ("max_batch_delay_ms", "request_timeout_s", "timeout_keep_alive_s", "poll_interval_s",
-                     "shutdown_drain_s", "shutdown_timeout_s"):  # fmt: skip
+        for name in ("cache_max_entries", "max_batch_delay_ms", "request_timeout_s", "timeout_keep_alive_s",
+                     "poll_interval_s", "shutdown_drain_s", "shutdown_timeout_s"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"SERVE_{name.upper()} must be >= 0, got {getattr(self, name)!r}")
 

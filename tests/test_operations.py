@@ -289,3 +289,31 @@ def test_several_workers_serve_under_load_and_their_metrics_add_up(model_dir: Pa
     }
     assert len(started) == 2
     assert "2 worker(s) x 1 onnxruntime intra-op thread(s) on" in log.read_text()
+
+
+def test_response_cache_hits_repeats_and_never_answers_for_another_version(model_dir: Path, tmp_path: Path) -> None:
+    repository = only_age_weight(model_dir, tmp_path / "models")
+    env = {"SERVE_CACHE_MAX_ENTRIES": "100", "SERVE_POLL_INTERVAL_S": "0.2"}
+    with running_server(repository, env) as url, httpx.Client(base_url=url) as client:
+
+        def lookups() -> dict[str, float]:
+            rows = [
+                row
+                for row in client.get("/metrics").text.splitlines()
+                if row.startswith("tabserve_cache_lookups_total")
+            ]
+            return {row.split('"')[1]: float(row.rsplit(" ", 1)[1]) for row in rows}
+
+        def executions() -> int:
+            stats = client.get("/v2/models/age-weight/stats").json()["model_stats"]
+            return sum(int(item["execution_count"]) for item in stats)
+
+        first = client.post("/v2/models/age-weight/infer", json=AGE).json()
+        ran = executions()
+        second = client.post("/v2/models/age-weight/infer", json=AGE).json()
+        assert second == first and executions() == ran, "a repeat is answered from the cache"
+        assert lookups() == {"miss": 1.0, "hit": 1.0}
+        publish_copy(repository, 2)
+        wait_for(lambda: client.get("/v2/models/age-weight").json()["versions"] == ["1", "2"], what="version 2")
+        third = client.post("/v2/models/age-weight/infer", json=AGE).json()
+        assert third["model_version"] == "2" and lookups()["miss"] == 2.0, "the new version computes its own answer"
