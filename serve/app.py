@@ -58,6 +58,7 @@ def routes() -> list[BaseRoute]:
         ("/v2/repository/models/{model_name}/load", endpoints.repository_load, POST),
         ("/v2/repository/models/{model_name}/unload", endpoints.repository_unload, POST),
         ("/metrics", endpoints.metrics, GET),
+        ("/openapi.json", endpoints.openapi, GET),
         ("/predict", inference.predict_seed, POST),
     ]
     for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve.settings import Settings
 
 Role = Literal["user", "admin"]
-OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/", "/favicon.ico"})
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/", "/favicon.ico", "/openapi.json"})
 OPEN_PREFIXES = ("/static/",)
 ADMIN_PATH = re.compile(r"^/v2/repository/models/[^/]+/(load|unload)$")
 HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")

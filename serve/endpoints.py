@@ -11,9 +11,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serve import __version__
+from serve.body import read_body
 from serve.datatypes import V2_TO_TRITON_CONFIG
 from serve.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from serve.metrics import Metrics
+from serve.openapi import openapi_document
+from serve.protocol import parse_json
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
 
@@ -42,6 +45,13 @@ PLAYGROUND = Path(__file__).with_name("static") / "index.html"
 async def playground(request: Request) -> Response:
     """The playground page; its script and stylesheet are under /static, nothing comes from elsewhere."""
     return Response(PLAYGROUND.read_bytes(), media_type="text/html; charset=utf-8")
+
+
+async def openapi(request: Request) -> Response:
+    repository = _repository(request)
+    names = sorted({entry.model.name for entry in repository.entries()})
+    versions = sorted({str(entry.model.version) for entry in repository.entries()}, key=int)
+    return json_response(openapi_document(names, versions))
 
 
 async def server_live(request: Request) -> Response:
@@ -150,8 +160,12 @@ async def metrics(request: Request) -> Response:
 async def repository_index(request: Request) -> Response:
     """Triton's repository index: every version with its state, refused ones with the reason."""
     repository = _repository(request)
-    body = await request.body()
-    only_ready = bool(orjson.loads(body).get("ready", False)) if body.strip() else False
+    settings: Settings = request.state.settings
+    body = await read_body(request.receive, dict(request.scope["headers"]), settings.max_body_bytes)
+    options = parse_json(body) if body.strip() else {}
+    if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
+        raise InvalidRequestError(f'expected an object like {{"ready": true}}, got {body[:80]!r}')
+    only_ready = options.get("ready", False)
     index: list[dict[str, Any]] = [
         {"name": entry.model.name, "version": str(entry.model.version), "state": "READY", "reason": ""}
         for entry in repository.entries()

@@ -1,0 +1,134 @@
+"""The server's own OpenAPI 3 document (/openapi.json): what schemathesis fuzzes and clients can read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serve import __version__
+from serve.datatypes import V2_TO_NUMPY
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
+ERRORS = {
+    str(code): {"description": text, "content": {"application/json": {"schema": ERROR}}}
+    for code, text in [
+        (400, "bad request"),
+        (401, "missing API key"),
+        (403, "wrong API key"),
+        (404, "unknown model or version"),
+        (413, "body or rows over the limit"),
+        (503, "busy, draining or shutting down"),
+        (504, "deadline passed"),
+    ]  # fmt: skip
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "RequestTensor": {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string", "enum": sorted(V2_TO_NUMPY)},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+            "data": {"type": "array", "items": {}},
+        },
+    },
+    "InferRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": ANY_OBJECT,
+            "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/RequestTensor"}},
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "parameters": ANY_OBJECT},
+                },
+            },  # fmt: skip
+        },
+    },
+    "InferResponse": {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": {"type": "array", "items": ANY_OBJECT},
+        },
+    },  # fmt: skip
+    "Instances": {
+        "type": "object",
+        "required": ["instances"],
+        "properties": {"instances": {"type": "array", "minItems": 1, "items": ANY_OBJECT}},
+    },  # fmt: skip
+}
+
+
+def _operation(summary: str, params: list[Any], body: str | None = None, response: Any = ANY_OBJECT) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "parameters": params,
+        "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": response}}}, **ERRORS},
+    }
+    if body is not None:
+        schema = {"$ref": f"#/components/schemas/{body}"} if body in SCHEMAS else ANY_OBJECT
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    return operation
+
+
+def openapi_document(model_names: list[str], versions: list[str]) -> dict[str, Any]:
+    """The document for the models loaded now: their names and versions are the path parameters' enums."""
+    name_schema: dict[str, Any] = {"type": "string", "enum": model_names} if model_names else {"type": "string"}
+    version_schema: dict[str, Any] = {"type": "string", "enum": versions} if versions else {"type": "string"}
+    MODEL = {"name": "model_name", "in": "path", "required": True, "schema": name_schema}
+    VERSION = {"name": "model_version", "in": "path", "required": True, "schema": version_schema}
+    paths: dict[str, Any] = {
+        "/v2/health/live": {"get": _operation("liveness", [])},
+        "/v2/health/ready": {"get": _operation("readiness", [])},
+        "/v2": {"get": _operation("server metadata", [])},
+        "/v2/models/stats": {"get": _operation("statistics of every model", [])},
+        "/v2/repository/index": {"post": _operation("repository index", [], body="index")},
+        "/predict": {"post": _operation("the seed article's endpoint on the default model", [], body="record")},
+    }
+    for prefix, params in (
+        ("/v2/models/{model_name}", [MODEL]),
+        ("/v2/models/{model_name}/versions/{model_version}", [MODEL, VERSION]),
+    ):
+        paths[prefix] = {"get": _operation("model metadata", params)}
+        paths[prefix + "/ready"] = {"get": _operation("model readiness", params)}
+        paths[prefix + "/config"] = {"get": _operation("Triton model configuration", params)}
+        paths[prefix + "/stats"] = {"get": _operation("model statistics", params)}
+        paths[prefix + "/infer"] = {
+            "post": _operation(
+                "inference (Open Inference Protocol)",
+                params,
+                "InferRequest",
+                {"$ref": "#/components/schemas/InferResponse"},
+            )  # fmt: skip
+        }
+    for prefix, params in (
+        ("/v1/models/{model_name}", [MODEL]),
+        ("/v1/models/{model_name}/versions/{model_version}", [MODEL, VERSION]),
+    ):
+        paths[prefix + ":predict"] = {"post": _operation("records in, predictions out", params, "Instances")}
+        paths[prefix + "/golden"] = {"get": _operation("golden vectors", params)}
+    for action in ("load", "unload"):
+        paths[f"/v2/repository/models/{{model_name}}/{action}"] = {
+            "post": _operation(f"{action} a model (admin)", [MODEL])
+        }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "tabserve",
+            "version": __version__,
+            "description": "scikit-learn pipelines as ONNX over the Open Inference Protocol",
+        },  # fmt: skip
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }
