@@ -2,41 +2,58 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
-from serve.errors import InvalidRequestError, PayloadTooLargeError
+from serve.errors import InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
 
 # Content-Encoding -> zlib wbits (tritonclient can send gzip or deflate bodies).
 DECODERS: dict[str, int] = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-async def read_body(receive: Receive, headers: dict[bytes, bytes], max_bytes: int) -> bytes:
-    """The whole body, or 413 as soon as it is known to exceed `max_bytes` (before reading it all)."""
+async def read_body(receive: Receive, headers: dict[bytes, bytes], max_bytes: int, timeout_s: float = 30.0) -> bytes:
+    """The whole body, or 413 as soon as it is known to exceed `max_bytes` (before reading it all).
+
+    A body that arrives in pieces must be complete within `timeout_s` (408 otherwise): a client
+    trickling bytes cannot hold a request open. One-message bodies, the usual case, set no timer.
+    """
     declared = headers.get(b"content-length")
     if declared is not None:
         if not declared.isdigit():
             raise InvalidRequestError(f"Content-Length must be a byte count, got {declared.decode(errors='replace')!r}")
         if int(declared) > max_bytes:
             raise PayloadTooLargeError(f"the body has {int(declared)} bytes; the limit is {max_bytes}")
-    body = b""
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body = message.get("body", b"")
+        if len(body) > max_bytes:
+            raise PayloadTooLargeError(f"the body exceeds the limit of {max_bytes} bytes")
+    else:
+        try:
+            async with asyncio.timeout(timeout_s):
+                body = await _read_rest(receive, message, max_bytes)
+        except TimeoutError:
+            raise RequestTimeoutError(f"the body did not arrive within {timeout_s:g} s") from None
+    encoding = headers.get(b"content-encoding")
+    return body if encoding is None or encoding == b"identity" else _decompress(body, encoding.decode(), max_bytes)
+
+
+async def _read_rest(receive: Receive, message: Message, max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     received = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise InvalidRequestError("the client disconnected while sending the body")
         chunk = message.get("body", b"")
         received += len(chunk)
         if received > max_bytes:
             raise PayloadTooLargeError(f"the body exceeds the limit of {max_bytes} bytes")
-        if not message.get("more_body", False):
-            body = chunk if not chunks else b"".join([*chunks, chunk])
-            break
         chunks.append(chunk)
-    encoding = headers.get(b"content-encoding")
-    return body if encoding is None or encoding == b"identity" else _decompress(body, encoding.decode(), max_bytes)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+        message = await receive()
 
 
 def _decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:

@@ -161,7 +161,9 @@ async def repository_index(request: Request) -> Response:
     """Triton's repository index: every version with its state, refused ones with the reason."""
     repository = _repository(request)
     settings: Settings = request.state.settings
-    body = await read_body(request.receive, dict(request.scope["headers"]), settings.max_body_bytes)
+    body = await read_body(
+        request.receive, dict(request.scope["headers"]), settings.max_body_bytes, settings.request_timeout_s
+    )
     options = parse_json(body) if body.strip() else {}
     if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
         raise InvalidRequestError(f'expected an object like {{"ready": true}}, got {body[:80]!r}')

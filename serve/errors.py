@@ -46,6 +46,10 @@ class ModelNotFoundError(ServeError):
     status = HTTPStatus.NOT_FOUND
 
 
+class RequestTimeoutError(ServeError):
+    status = HTTPStatus.REQUEST_TIMEOUT
+
+
 class PayloadTooLargeError(ServeError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 

@@ -112,7 +112,7 @@ async def _infer(scope: Scope, receive: Receive) -> Reply:
     """POST /v2/models/{name}[/versions/{version}]/infer: JSON or Triton's binary tensor data."""
     settings, repository, headers = _context(scope)
     entry = _entry(repository, scope)
-    body = await read_body(receive, headers, settings.max_body_bytes)
+    body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
     length = headers.get(b"inference-header-content-length")
     header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
     parsed = protocol.parse_infer_request(protocol.parse_json(header), entry.model, tail, settings.max_request_rows)
@@ -128,7 +128,9 @@ async def _predict_records(scope: Scope, receive: Receive) -> Reply:
     """POST /v1/models/{name}[/versions/{version}]:predict with {"instances": [{...}, ...]}."""
     settings, repository, headers = _context(scope)
     entry = _entry(repository, scope)
-    document = protocol.parse_json(await read_body(receive, headers, settings.max_body_bytes))
+    document = protocol.parse_json(
+        await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
+    )
     feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
     outputs = await score(scope, receive, settings, entry, feed, rows, None)
     return 200, _dumps(records.render_predictions(entry.model, outputs)), [(b"content-type", JSON)]
@@ -138,7 +140,9 @@ async def _predict_seed(scope: Scope, receive: Receive) -> Reply:
     """The seed article's endpoint on the default model: {"age": 35} -> {"predicted_weight": 75.0}."""
     settings, repository, headers = _context(scope)
     entry = scope["tabserve.entry"] = repository.get(settings.default_model)
-    document = protocol.parse_json(await read_body(receive, headers, settings.max_body_bytes))
+    document = protocol.parse_json(
+        await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
+    )
     feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
     predictions = records.render_predictions(
         entry.model, await score(scope, receive, settings, entry, feed, rows, None)

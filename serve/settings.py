@@ -60,6 +60,8 @@ class Settings:
     request_timeout_s: float = 10.0
     """Deadline from arrival to answer; past it the request gets 504 instead of running late."""
     timeout_keep_alive_s: float = 5.0
+    header_timeout_s: float = 10.0
+    """A request's headers must arrive within this (from the connection or the request's first byte)."""
     max_in_flight: int = 4096
     """Inference requests being handled at once (all models); beyond it 503 + Retry-After at once."""
     poll_interval_s: float = 2.0
@@ -96,7 +98,7 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ValueError(f"SERVE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         for name in ("cache_max_entries", "max_batch_delay_ms", "request_timeout_s", "timeout_keep_alive_s",
-                     "poll_interval_s", "shutdown_drain_s", "shutdown_timeout_s"):  # fmt: skip
+                     "header_timeout_s", "poll_interval_s", "shutdown_drain_s", "shutdown_timeout_s"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"SERVE_{name.upper()} must be >= 0, got {getattr(self, name)!r}")
 

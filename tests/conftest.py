@@ -62,7 +62,9 @@ def serving_process(
     scheme = "https" if "--ssl-certfile" in args else "http"
     url = f"{scheme}://127.0.0.1:{port}"
     command = tabserve_command(model_dir, port, *args)
-    with server_process(command, f"{url}/v2/health/ready", clean_env(env), log_path=log_path) as process:
+    # No drain at teardown unless a test asks for one: it would add a second to every server.
+    environ = clean_env({"SERVE_SHUTDOWN_DRAIN_S": "0", **(env or {})})
+    with server_process(command, f"{url}/v2/health/ready", environ, log_path=log_path) as process:
         yield url, process
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -317,3 +318,35 @@ def test_response_cache_hits_repeats_and_never_answers_for_another_version(model
         wait_for(lambda: client.get("/v2/models/age-weight").json()["versions"] == ["1", "2"], what="version 2")
         third = client.post("/v2/models/age-weight/infer", json=AGE).json()
         assert third["model_version"] == "2" and lookups()["miss"] == 2.0, "the new version computes its own answer"
+
+
+def test_slow_clients_cannot_hold_the_server(model_dir: Path) -> None:
+    env = {"SERVE_HEADER_TIMEOUT_S": "1", "SERVE_REQUEST_TIMEOUT_S": "1", "SERVE_TIMEOUT_KEEP_ALIVE_S": "1"}
+    with running_server(model_dir, env) as url:
+        host, port = url.removeprefix("http://").split(":")
+
+        def connect() -> socket.socket:
+            connection = socket.create_connection((host, int(port)), timeout=5)
+            return connection
+
+        def closed_after(connection: socket.socket) -> tuple[bytes, float]:
+            started = time.monotonic()
+            data = b""
+            while chunk := connection.recv(4096):
+                data += chunk
+            return data, time.monotonic() - started
+
+        silent = connect()  # connects and never sends a byte
+        trickle = connect()  # half a request line, then nothing
+        trickle.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        slow_body = connect()  # complete headers, a body that never finishes
+        slow_body.sendall(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"age":')
+        with silent, trickle, slow_body:
+            for connection in (silent, trickle):
+                data, seconds = closed_after(connection)
+                assert seconds < 3 and data.startswith(b"HTTP/1.1 408") and b"headers took too long" in data
+            data, seconds = closed_after(slow_body)
+            assert seconds < 3 and data.startswith(b"HTTP/1.1 408"), data
+            assert b"did not arrive within 1 s" in data
+        # Meanwhile everyone else was served.
+        assert httpx.post(f"{url}/predict", json={"age": 35}).json() == {"predicted_weight": 75.0}
