@@ -101,6 +101,22 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / ticks
 
 
+def wait_idle(pids: list[int], timeout_s: float = 20.0) -> float:
+    """Wait until the servers stop using CPU; return the seconds waited.
+
+    Flask's threaded dev server keeps working through its backlog (about a second of queued requests at
+    64 connections) after wrk stops; measured without this, that work landed on the next cell's server,
+    which shares core 0, and cut it by up to 40 %.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        before = sum(cpu_seconds(pid) for pid in pids)
+        time.sleep(0.25)
+        if sum(cpu_seconds(pid) for pid in pids) - before < 0.01:
+            break
+    return time.monotonic() - started
+
+
 def steal_ticks() -> tuple[int, int]:
     values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return values[7], sum(values)
@@ -235,6 +251,7 @@ def run_benchmark(
                     order = order[rep % len(order) :] + order[: rep % len(order)]  # rotate who goes first
                     for system in order:
                         url, pid = started[system]
+                        wait_idle([process_id for _, process_id in started.values()])
                         measured = measure(wrk, url, pid, bodies[payload_name], connections, rows, duration_s)
                         key = json.dumps(asdict(Cell(payload_name, connections, system)))
                         raw.setdefault(key, []).append({**asdict(measured), "per_cpu_second": measured.per_cpu_second})

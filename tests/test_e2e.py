@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +140,36 @@ def test_tritonclient_default_request_gets_all_outputs_in_binary(server_url: str
     assert result.as_numpy("variable").tolist() == [[75.0], [60.0]]
     assert result.get_output("variable")["parameters"]["binary_data_size"] == 8
     client.close()
+
+
+def test_requests_whose_client_left_are_dropped_before_running(model_dir: Path) -> None:
+    """Queued behind a long batch (run in a thread, so the loop stays free), abandoned requests never run."""
+    from loadtest.payloads import ModelPayloads
+    from tests.conftest import running_server
+
+    env = {"SERVE_MAX_BATCH_SIZE": "1", "SERVE_INLINE_BATCH_ROWS": "0", "SERVE_MAX_REQUEST_ROWS": "50000"}
+    golden = read_golden(model_dir, "penguins")
+    inputs = [{"name": name, "datatype": tensor["datatype"]} for name, tensor in golden["inputs"].items()]
+    payloads = ModelPayloads("penguins", inputs, [], golden)
+    big = payloads.v2_binary([row % payloads.rows for row in range(50_000)])
+    small = payloads.v2_json([0])
+    with running_server(model_dir, env) as url:
+        host, port = url.removeprefix("http://").split(":")
+
+        def request_bytes(body: bytes, headers: dict[str, str]) -> bytes:
+            lines = [f"POST {big.path} HTTP/1.1", "Host: x", f"Content-Length: {len(body)}"]
+            lines += [f"{key}: {value}" for key, value in headers.items()]
+            return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+        with socket.create_connection((host, int(port))) as long_running:
+            long_running.sendall(request_bytes(big.body, big.headers))
+            time.sleep(0.01)
+            for _ in range(30):  # each asks, then hangs up without waiting for the answer
+                with socket.create_connection((host, int(port))) as impatient:
+                    impatient.sendall(request_bytes(small.body, small.headers))
+            long_running.settimeout(30)
+            assert long_running.recv(12) == b"HTTP/1.1 200"
+        time.sleep(0.2)
+        stats = httpx.get(f"{url}/v2/models/penguins/stats").json()["model_stats"][0]["inference_stats"]
+    ran = stats["success"]["count"] + stats["fail"]["count"]
+    assert ran <= 3, f"{ran - 1} of 30 abandoned requests still ran"

@@ -216,6 +216,11 @@ function draw(canvasId, lines) {
   const values = lines.flatMap((l) => l.data.filter((v) => v !== null));
   const max = Math.max(1e-9, ...values) * 1.15;
   for (const { data, color } of lines) {
+    ctx.fillStyle = color;
+    data.forEach((v, i) => {  // a dot per point, so the first scrapes show before there is a line
+      if (v === null) return;
+      ctx.fillRect((i / (HISTORY - 1)) * canvas.width - 1.5, canvas.height - (v / max) * (canvas.height - 4) - 3.5, 3, 3);
+    });
     ctx.strokeStyle = color; ctx.lineWidth = 1.5; ctx.beginPath();
     data.forEach((v, i) => {
       if (v === null) return;
