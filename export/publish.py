@@ -15,7 +15,16 @@ from sklearn.base import BaseEstimator
 from export import card as cards
 from export.convert import convert_pipeline
 from export.features import describe_features
-from export.parity import ParityError, ParityReport, Tolerance, accepts_missing, check_parity, edge_rows, onnx_feed
+from export.parity import (
+    ParityError,
+    ParityReport,
+    Tolerance,
+    accepts_missing,
+    check_parity,
+    compare_outputs,
+    edge_rows,
+    onnx_feed,
+)
 from export.repository import CARD_FILE, GOLDEN_FILE, MODEL_FILE, check_name, publish
 
 MAX_PARITY_ROWS = 2000
@@ -113,8 +122,6 @@ def _golden_rows(held_out: int, edges: int) -> np.ndarray[Any, np.dtype[np.intp]
 def _recheck_golden(model_bytes: bytes, feed: dict[str, Any], outputs: dict[str, Any], tolerance: Tolerance) -> None:
     """The final bytes (metadata added) must still reproduce the golden vectors: a last self-check."""
     import onnxruntime as ort
-
-    from export.parity import compare_outputs
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     names = list(outputs)

@@ -191,7 +191,7 @@ def in_process_rows_per_s(model_dir: Path, model: ModelPayloads, rows: int, seco
     """The model ceiling: onnxruntime called directly at this batch size, one thread."""
     import onnxruntime as ort
 
-    from serve.model import _golden_array
+    from serve.model import golden_array
 
     folder = max(
         (path for path in (model_dir / model.name).iterdir() if path.name.isdigit()), key=lambda p: int(p.name)
@@ -200,7 +200,7 @@ def in_process_rows_per_s(model_dir: Path, model: ModelPayloads, rows: int, seco
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    golden = {name: _golden_array(tensor) for name, tensor in model.golden["inputs"].items()}
+    golden = {name: golden_array(tensor) for name, tensor in model.golden["inputs"].items()}
     picks = np.arange(rows) % model.rows
     feed = {name: array[picks] for name, array in golden.items()}
     calls, started = 0, time.perf_counter()

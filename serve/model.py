@@ -99,11 +99,11 @@ class Model:
         if golden is None:
             self._sample = {spec.name: _zeros(spec) for spec in self.inputs}
             return
-        feed = {name: _golden_array(tensor) for name, tensor in golden["inputs"].items()}
+        feed = {name: golden_array(tensor) for name, tensor in golden["inputs"].items()}
         self._sample = feed
         results = self.run(feed)
         for name, tensor in golden["outputs"].items():
-            got, want = results[name], _golden_array(tensor)
+            got, want = results[name], golden_array(tensor)
             if want.dtype == object:
                 ok = got.astype(str).ravel().tolist() == want.astype(str).ravel().tolist()
             else:
@@ -158,7 +158,8 @@ def _spec(value: Any) -> TensorSpec:
     return TensorSpec(value.name, datatype, shape)
 
 
-def _golden_array(tensor: dict[str, Any]) -> npt.NDArray[Any]:
+def golden_array(tensor: dict[str, Any]) -> npt.NDArray[Any]:
+    """A golden.json tensor as a numpy array (null in a float tensor is NaN, a missing value)."""
     dtype = V2_TO_NUMPY[tensor["datatype"]]
     data = tensor["data"]
     if dtype.kind == "f":
