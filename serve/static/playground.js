@@ -215,16 +215,18 @@ function draw(canvasId, lines) {
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   const values = lines.flatMap((l) => l.data.filter((v) => v !== null));
   const max = Math.max(1e-9, ...values) * 1.15;
+  // Newest point at the right edge, history scrolling left, as a monitoring chart reads.
+  const xOf = (i, length) => ((HISTORY - length + i) / (HISTORY - 1)) * canvas.width;
   for (const { data, color } of lines) {
     ctx.fillStyle = color;
     data.forEach((v, i) => {  // a dot per point, so the first scrapes show before there is a line
       if (v === null) return;
-      ctx.fillRect((i / (HISTORY - 1)) * canvas.width - 1.5, canvas.height - (v / max) * (canvas.height - 4) - 3.5, 3, 3);
+      ctx.fillRect(xOf(i, data.length) - 1.5, canvas.height - (v / max) * (canvas.height - 4) - 3.5, 3, 3);
     });
     ctx.strokeStyle = color; ctx.lineWidth = 1.5; ctx.beginPath();
     data.forEach((v, i) => {
       if (v === null) return;
-      const x = (i / (HISTORY - 1)) * canvas.width, y = canvas.height - (v / max) * (canvas.height - 4) - 2;
+      const x = xOf(i, data.length), y = canvas.height - (v / max) * (canvas.height - 4) - 2;
       i === 0 || data[i - 1] === null ? ctx.moveTo(x, y) : ctx.lineTo(x, y);
     });
     ctx.stroke();
