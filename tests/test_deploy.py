@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +66,27 @@ def test_dockerfile_is_multistage_slim_non_root_with_healthcheck_and_exec_cmd() 
     assert "export" not in final_text.replace("--from=exporter", ""), "the final stage installs serving deps only"
 
 
-def test_serving_image_requirements_are_pinned_and_exclude_training_libraries() -> None:
-    lines = [line for line in (ROOT / "docker" / "requirements-serve.txt").read_text().splitlines() if line.strip()]
-    assert all("==" in line for line in lines)
-    names = {line.split("==")[0].lower() for line in lines}
-    assert {"onnxruntime", "starlette", "uvicorn", "orjson", "numpy"} <= names
-    assert not names & {"scikit-learn", "skl2onnx", "pandas", "onnx", "locust"}
+def normalized(requirement: str) -> str:
+    """A distribution name as pip compares them: lower case, runs of -_. as one -, no extras or versions."""
+    return re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", requirement.strip(), maxsplit=1)[0]).lower()
+
+
+def pinned(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert all("==" in line for line in lines), "every requirement is pinned"
+    return {normalized(line): line.split("==")[1] for line in lines}
+
+
+def test_image_requirements_pin_every_declared_dependency_and_serving_excludes_training() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    serving = pinned(ROOT / "docker" / "requirements-serve.txt")
+    missing = sorted({normalized(dep) for dep in project["dependencies"]} - set(serving))
+    assert not missing, f"docker/requirements-serve.txt lacks {missing}: refreeze it (see the Dockerfile)"
+    exporting = pinned(ROOT / "docker" / "requirements-export.txt")
+    declared = project["dependencies"] + project["optional-dependencies"]["export"]
+    missing = sorted({normalized(dep) for dep in declared} - set(exporting))
+    assert not missing, f"docker/requirements-export.txt lacks {missing}"
+    assert not set(serving) & {"scikit-learn", "skl2onnx", "pandas", "onnx", "locust"}
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
