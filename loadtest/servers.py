@@ -30,6 +30,7 @@ def server_process(
     env: dict[str, str] | None = None,
     timeout_s: float = 60.0,
     log_path: Path | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `command`; yield once `ready_url` answers 200; terminate (then kill) on the way out.
 
@@ -37,7 +38,7 @@ def server_process(
     fills up and blocks a chatty server.
     """
     with open(log_path, "w+b") if log_path else tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(list(command), env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(list(command), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         try:
             wait_ready(ready_url, process, log, timeout_s)
             yield process

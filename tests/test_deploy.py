@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
@@ -128,3 +129,32 @@ def test_deployment_probes_resources_and_draining_match_the_server() -> None:
     assert documents["Service"]["spec"]["selector"] == documents["Deployment"]["spec"]["selector"]["matchLabels"]
     assert documents["ServingRuntime"]["spec"]["protocolVersions"] == ["v2"]
     assert documents["InferenceService"]["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
+
+
+@pytest.mark.slow
+def test_the_images_pinned_serving_set_alone_serves_the_models(model_dir: Path, tmp_path: Path) -> None:
+    """The Dockerfile's install steps in a fresh virtualenv: requirements-serve.txt, then the project with --no-deps."""
+    from loadtest.servers import free_port, server_process
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--requirement", str(ROOT / "docker" / "requirements-serve.txt")], check=True, timeout=600)
+    source = tmp_path / "src"  # a copy, so the build leaves nothing in the work tree
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".venv", "models", "node_modules", "build", ".git", "artifacts")
+    )
+    subprocess.run([*pip, "--no-deps", str(source)], check=True, timeout=600)
+    check = subprocess.run([str(venv / "bin" / "python"), "-c", "import sklearn"], capture_output=True, timeout=60)
+    assert check.returncode != 0, "scikit-learn must not be in the serving image"
+    port = free_port()
+    command = [str(venv / "bin" / "python"), "-m", "serve", "--model-dir", str(model_dir), "--port", str(port)]
+    with server_process(
+        command,
+        f"http://127.0.0.1:{port}/v2/health/ready",
+        {"PATH": os.environ.get("PATH", ""), "SERVE_SHUTDOWN_DRAIN_S": "0"},
+        cwd=tmp_path,
+    ):
+        response = httpx.post(f"http://127.0.0.1:{port}/predict", json={"age": 35})
+        assert response.json() == {"predicted_weight": 75.0}
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200, "the playground's files are in the wheel"
