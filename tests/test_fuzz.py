@@ -25,7 +25,7 @@ def test_schemathesis_finds_no_server_error_and_no_hang(model_dir: Path, tmp_pat
              "--header", "X-API-Key: fuzz-key", "--max-examples", "25", "--seed", "20261125",
              "--request-timeout", "5", "--max-response-time", "5", "--report", "junit",
              "--report-dir", str(tmp_path / "report")],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,  # its cache goes there, not in the work tree
         )  # fmt: skip
     output = result.stdout + result.stderr
     cases = re.search(r"(\d+) generated", output)
