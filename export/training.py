@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, is_classifier
+from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     GradientBoostingClassifier,
@@ -206,10 +206,6 @@ def train(
     with _quiet_training():
         pipeline.fit(frame, target)
     return TrainingResult(pipeline=pipeline, metrics=metrics, search=search)
-
-
-def task_of(pipeline: BaseEstimator) -> Task:
-    return "classification" if is_classifier(pipeline) else "regression"
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount, Route
@@ -23,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve import endpoints, inference
 from serve.auth import AuthMiddleware, KeyRing
 from serve.cache import ResponseCache
-from serve.errors import ServeError, render_http_error, render_serve_error
+from serve.errors import ServeError, render_http_error, render_serve_error, send_error
 from serve.metrics import Metrics
 from serve.repository import ModelRepository
 from serve.settings import Settings
@@ -104,7 +103,10 @@ class InferenceFront:
                 if match:
                     if self.in_flight >= self.max_in_flight:
                         scope["state"]["metrics"].rejected.labels("in_flight").inc()
-                        await _busy(send, self.max_in_flight)
+                        message = (
+                            f"the server is handling {self.max_in_flight} inference requests, its limit; retry shortly"
+                        )
+                        await send_error(send, 503, message, {"Retry-After": "1"})
                         return
                     scope["path_params"] = match.groupdict()
                     self.in_flight += 1
@@ -114,17 +116,6 @@ class InferenceFront:
                         self.in_flight -= 1
                     return
         await self.app(scope, receive, send)
-
-
-async def _busy(send: Send, limit: int) -> None:
-    body = orjson.dumps({"error": f"the server is handling {limit} inference requests, its limit; retry shortly"})
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", b"1"),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIApp:
@@ -143,7 +134,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
         threads = max(1, (os.cpu_count() or 1) // settings.ort_intra_op_threads // settings.workers)
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ort") as executor:
             repository = ModelRepository(settings, executor, metrics)
-            await repository.load_all()
+            await repository.refresh()  # start-up is the first scan; later ones pick up new versions
             if not len(repository):
                 logger.warning("no servable model under %s: readiness stays false", settings.model_dir)
             # Everything loaded so far lives as long as the process: freeze it out of the cyclic GC, whose

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serve.errors import send_error
 from serve.settings import Settings
 
 Role = Literal["user", "admin"]
@@ -94,14 +94,15 @@ class AuthMiddleware:
             return
         key = _presented_key(scope)
         if key is None:
-            await _deny(send, 401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+            message = "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            await send_error(send, 401, message, {"WWW-Authenticate": 'Bearer realm="tabserve"'})
             return
         role = self.keys.role(key)
         if role is None:
-            await _deny(send, 403, "API key not recognised")
+            await send_error(send, 403, "API key not recognised")
             return
         if role != "admin" and ADMIN_PATH.match(path):
-            await _deny(send, 403, "loading and unloading models needs an admin key")
+            await send_error(send, 403, "loading and unloading models needs an admin key")
             return
         await self.app(scope, receive, send)
 
@@ -115,12 +116,3 @@ def _presented_key(scope: Scope) -> str | None:
         elif name == b"x-api-key" and value.strip():
             return str(value.decode("latin-1").strip())
     return None
-
-
-async def _deny(send: Send, status: int, message: str) -> None:
-    body = orjson.dumps({"error": message})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="tabserve"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

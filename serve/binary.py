@@ -15,7 +15,7 @@ import numpy.typing as npt
 from serve.datatypes import V2_TO_NUMPY
 from serve.errors import InvalidRequestError
 
-HEADER = "inference-header-content-length"
+HEADER = b"inference-header-content-length"  # as ASGI delivers header names: lower-case bytes
 _LENGTH = struct.Struct("<I")
 
 

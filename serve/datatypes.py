@@ -1,15 +1,10 @@
-"""Open Inference Protocol datatypes and their numpy counterparts: one table each way."""
+"""Open Inference Protocol datatypes: their numpy, onnxruntime and Triton-config names, one table each."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-
-from serve.errors import InvalidRequestError
-
-Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                   "FP16", "FP32", "FP64", "BYTES"]  # fmt: skip
 
 V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -26,7 +21,6 @@ V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
-NUMPY_TO_V2: dict[np.dtype[Any], str] = {value: key for key, value in V2_TO_NUMPY.items()}
 
 # ONNX Runtime's type strings for the same types, as session.get_inputs() reports them.
 ORT_TO_V2: dict[str, str] = {
@@ -47,10 +41,3 @@ ORT_TO_V2: dict[str, str] = {
 
 # Triton's model configuration names the same types TYPE_*; BYTES is TYPE_STRING there.
 V2_TO_TRITON_CONFIG: dict[str, str] = {key: f"TYPE_{key}" for key in V2_TO_NUMPY} | {"BYTES": "TYPE_STRING"}
-
-
-def numpy_dtype(datatype: str) -> np.dtype[Any]:
-    try:
-        return V2_TO_NUMPY[datatype]
-    except KeyError:
-        raise InvalidRequestError(f"unsupported datatype {datatype!r}; expected one of {sorted(V2_TO_NUMPY)}") from None

@@ -1,9 +1,10 @@
-"""Errors that carry their HTTP status, and the one handler that renders them as {"error": "..."}.
+"""Errors that carry their HTTP status, and the two ways they are rendered as {"error": "..."}:
+a Starlette exception handler, and `send_error` for code that answers at the ASGI level.
 
 ServeError (500)
 ├── InvalidRequestError (400)
-├── UnauthorizedError (401) / ForbiddenError (403)
 ├── ModelNotFoundError (404)
+├── RequestTimeoutError (408)
 ├── PayloadTooLargeError (413)
 ├── ServerBusyError (503, Retry-After) / ModelNotReadyError (503)
 └── DeadlineExceededError (504)
@@ -18,6 +19,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Send
 
 
 class ServeError(Exception):
@@ -31,15 +33,6 @@ class ServeError(Exception):
 
 class InvalidRequestError(ServeError):
     status = HTTPStatus.BAD_REQUEST
-
-
-class UnauthorizedError(ServeError):
-    status = HTTPStatus.UNAUTHORIZED
-    headers = {"WWW-Authenticate": "Bearer"}
-
-
-class ForbiddenError(ServeError):
-    status = HTTPStatus.FORBIDDEN
 
 
 class ModelNotFoundError(ServeError):
@@ -66,6 +59,15 @@ class ModelNotReadyError(ServeError):
 
 class DeadlineExceededError(ServeError):
     status = HTTPStatus.GATEWAY_TIMEOUT
+
+
+async def send_error(send: Send, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+    """The {"error": ...} response for code below Starlette (auth, the in-flight limit, inference)."""
+    body = orjson.dumps({"error": message})
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:

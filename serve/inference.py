@@ -113,7 +113,7 @@ async def _infer(scope: Scope, receive: Receive) -> Reply:
     settings, repository, headers = _context(scope)
     entry = _entry(repository, scope)
     body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
-    length = headers.get(b"inference-header-content-length")
+    length = headers.get(binary.HEADER)
     header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
     parsed = protocol.parse_infer_request(protocol.parse_json(header), entry.model, tail, settings.max_request_rows)
     outputs = await score(scope, receive, settings, entry, parsed.feed, parsed.rows, parsed.timeout_s)
@@ -121,7 +121,7 @@ async def _infer(scope: Scope, receive: Receive) -> Reply:
     if header_length is None:
         return 200, content, [(b"content-type", JSON)]
     return 200, content, [(b"content-type", b"application/octet-stream"),
-                          (b"inference-header-content-length", str(header_length).encode())]  # fmt: skip
+                          (binary.HEADER, str(header_length).encode())]  # fmt: skip
 
 
 async def _predict_records(scope: Scope, receive: Receive) -> Reply:

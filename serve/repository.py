@@ -89,18 +89,6 @@ class ModelRepository:
         self.failures.pop((model.name, model.version), None)
         return entry
 
-    async def load_all(self) -> None:
-        """Start-up: load every version in this thread (nothing is serving yet)."""
-        for name, version, folder in scan(self._settings.model_dir):
-            self._tried[(name, version)] = _stamp(folder)
-            try:
-                model = load_model(name, version, folder, self._settings)
-            except ModelLoadError as exc:
-                self._refuse(name, version, exc)
-                continue
-            await self.add(model)
-            logger.info("loaded %s version %d in %.3f s", name, version, model.load_seconds)
-
     async def refresh(self, only: str | None = None) -> list[str]:
         """Load versions that appeared (or changed after a refusal); return the refusals' messages.
 
@@ -129,9 +117,7 @@ class ModelRepository:
                     refusals.append(self._refuse(name, version, exc))
                     continue
                 await self.add(model)
-                logger.info(
-                    "picked up %s version %d (%.3f s to load, verify and warm)", name, version, model.load_seconds
-                )
+                logger.info("loaded %s version %d (%.3f s to load, verify and warm)", name, version, model.load_seconds)
         return refusals
 
     async def unload(self, name: str) -> None:
