@@ -1,7 +1,8 @@
 """The HTTP ceiling: Starlette on the same uvicorn stack, parsing the same JSON and returning a constant.
 
-Run as `uvicorn loadtest.bare:app --loop uvloop --http httptools`; a binary body's JSON header is parsed
-the same way tabserve parses it, so the comparison is the protocol layer minus the model and batching.
+Run as `uvicorn loadtest.bare:app --loop uvloop --http httptools --no-proxy-headers` (tabserve's
+options); a binary body's JSON header is parsed the same way tabserve parses it, so the comparison is
+the protocol layer minus the model and batching.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ def systems(model_dir: Path, example: str) -> Iterator[dict[str, tuple[str, int]
             started[name] = (f"http://127.0.0.1:{port}", process.pid)
         port = free_port()
         bare = [sys.executable, "-m", "uvicorn", "loadtest.bare:app", "--port", str(port), "--loop", "uvloop",
-                "--http", "httptools", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+                "--http", "httptools", "--no-access-log", "--no-proxy-headers", "--log-level", "warning"]  # fmt: skip
         process = stack.enter_context(server_process(pinned(0, bare), f"http://127.0.0.1:{port}/v2/health/ready", env))
         started["bare"] = (f"http://127.0.0.1:{port}", process.pid)
         port = free_port()

@@ -12,16 +12,21 @@ from typing import Any
 
 import numpy as np
 
-from serve.batching import Feed, Outputs
+from serve.batching import Inputs, Outputs, Signature
 
 MAX_CACHED_ROWS = 64
 
 
-def canonical_key(identity: tuple[str, int, str], feed: Feed) -> bytes:
-    """Name, version, sha256, then every input in name order: name, dtype, shape, values."""
+def canonical_key(identity: tuple[str, int, str], signature: Signature, feed: Inputs) -> bytes:
+    """Name, version, sha256, then every input in name order: name, dtype, shape, values.
+
+    List columns are converted as their batch would convert them, so JSON and binary requests for the
+    same rows share an entry.
+    """
     parts = [repr(identity).encode()]
-    for name in sorted(feed):
-        array = feed[name]
+    for name, dtype, _ in sorted(signature):
+        column = feed[name]
+        array = column if isinstance(column, np.ndarray) else np.array(column, dtype=dtype).reshape(-1, 1)
         parts.append(f"{name}|{array.dtype.str}|{array.shape}|".encode())
         if array.dtype == object:
             parts.extend(struct.pack("<I", len(raw)) + raw for raw in (str(item).encode() for item in array.ravel()))

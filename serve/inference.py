@@ -20,10 +20,10 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from serve import binary, protocol, records
-from serve.batching import Feed, Outputs
+from serve.batching import Inputs, Outputs
 from serve.body import read_body
 from serve.cache import MAX_CACHED_ROWS, ResponseCache, canonical_key
-from serve.errors import DeadlineExceededError, ServeError
+from serve.errors import ServeError
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
 
@@ -162,7 +162,7 @@ async def score(
     receive: Receive,
     settings: Settings,
     entry: ModelEntry,
-    feed: Feed,
+    feed: Inputs,
     rows: int,
     timeout_s: float | None,
 ) -> Outputs:
@@ -170,7 +170,7 @@ async def score(
     cache: ResponseCache | None = scope["state"]["cache"]
     key = None
     if cache is not None and rows <= MAX_CACHED_ROWS:
-        key = canonical_key(entry.model.identity, feed)
+        key = canonical_key(entry.model.identity, entry.model.signature, feed)
         cached = cache.get(key)
         entry.metrics.parent.cache.labels("hit" if cached is not None else "miss").inc()
         if cached is not None:
@@ -182,23 +182,13 @@ async def score(
     # Watch the connection only when the wait will outlast the next batch: a watcher task per request
     # costs more than a small model's share of a batch.
     watch = entry.batcher.depth >= settings.max_batch_size
-    future = entry.batcher.submit(feed, rows, deadline, entry.model.signature)
-    # One timer handle, not asyncio.timeout(): the batcher skips a future that is already done.
-    timer = loop.call_at(deadline, _expire, future, budget)
+    future = entry.batcher.submit(feed, rows, deadline, entry.model.signature)  # it enforces the deadline
     scope["tabserve.rows"] = rows
-    try:
-        outputs = await (_unless_disconnected(receive, future) if watch else future)
-    finally:
-        timer.cancel()
+    outputs = await (_unless_disconnected(receive, future) if watch else future)
     scope["tabserve.batch_rows"] = outputs.batch_rows
     if key is not None and cache is not None:
         cache.put(key, outputs, rows)
     return outputs
-
-
-def _expire(future: asyncio.Future[Outputs], budget: float) -> None:
-    if not future.done():
-        future.set_exception(DeadlineExceededError(f"no answer within the request deadline of {budget * 1000:.0f} ms"))
 
 
 async def _unless_disconnected(receive: Receive, future: asyncio.Future[Outputs]) -> Outputs:

@@ -70,7 +70,7 @@ class Model:
         self.outputs = tuple(_spec(value) for value in self.session.get_outputs())
         self.input_by_name = {spec.name: spec for spec in self.inputs}
         self.output_by_name = {spec.name: spec for spec in self.outputs}
-        self.output_names = [spec.name for spec in self.outputs]
+        self.output_names = tuple(spec.name for spec in self.outputs)
         # Every validated feed for this model has exactly this layout, so requests need not recompute it.
         self.signature = tuple(
             (spec.name, spec.dtype.str, tuple(max(dim, 1) for dim in spec.shape[1:])) for spec in self.inputs

@@ -6,15 +6,16 @@ Every rejection says what was received and what was expected, and raises a Serve
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
 from serve import binary
+from serve.batching import Column, Inputs
 from serve.datatypes import V2_TO_NUMPY
 from serve.errors import InvalidRequestError, PayloadTooLargeError
 from serve.model import Feed, Model, TensorSpec
@@ -26,22 +27,34 @@ KIND_NAMES: dict[str, str] = {"f": "numbers", "i": "integers", "u": "integers", 
 # Python types a small tensor's values may have, checked one by one (faster than numpy below ~64 values).
 PYTHON_TYPES: dict[str, tuple[type, ...]] = {"f": (float, int), "i": (int,), "u": (int,)}
 SMALL_TENSOR = 64
+COLUMN = (-1, 1)
+"""The shape of a one-feature input with a dynamic batch: what the exporter writes for every column."""
 
 
 def _bounds(dtype: np.dtype[Any]) -> tuple[float, float]:
-    info: Any = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
-    return float(info.min), float(info.max)
+    # Exact integers for integer types: a float bound (2.0**63) would let 2**63 through into an int64.
+    if dtype.kind == "f":
+        info = np.finfo(dtype)
+        return float(info.min), float(info.max)
+    limits = np.iinfo(dtype)
+    return int(limits.min), int(limits.max)
 
 
 BOUNDS: dict[str, tuple[float, float]] = {
     datatype: _bounds(dtype) for datatype, dtype in V2_TO_NUMPY.items() if dtype.kind in "fiu"
 }
+# Per numeric datatype: the Python types its plain JSON values may have, and its range. A value of such a
+# type inside the range converts exactly and is never NaN or infinite (JSON has no such literals).
+PLAIN_NUMBERS: dict[str, tuple[tuple[type, ...], float, float]] = {
+    datatype: (PYTHON_TYPES[V2_TO_NUMPY[datatype].kind], low, high) for datatype, (low, high) in BOUNDS.items()
+}
 
 
-@dataclass(frozen=True)
-class InferRequest:
+class InferRequest(NamedTuple):
+    """A validated infer request. A tuple, not a dataclass: it is built once per request on the hot path."""
+
     id: str | None
-    feed: Feed
+    feed: Inputs
     rows: int
     outputs: tuple[tuple[str, bool], ...]
     """(output name, send as binary) in the order the response lists them."""
@@ -60,81 +73,81 @@ def parse_json(body: bytes) -> Any:
 
 def parse_infer_request(document: Any, model: Model, tail: bytes, max_rows: int) -> InferRequest:
     """Validate a V2 infer request against the model's inputs and build its feed."""
-    feed = None if tail else _common_feed(document, model)
-    if feed is None:
-        feed, rows = _checked_feed(document, model, tail)
-    else:
-        rows = len(next(iter(feed.values())))
+    common = None if tail else _common_feed(document, model)
+    feed: Inputs
+    feed, rows = _checked_feed(document, model, tail) if common is None else common
     check_rows(rows, max_rows)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequestError(f"'id' must be a string, got {_kind(request_id)}")
-    parameters = document.get("parameters") or {}
-    if not isinstance(parameters, dict):
+    parameters = document.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif not isinstance(parameters, dict):
         raise InvalidRequestError(f"'parameters' must be an object, got {_kind(parameters)}")
     return InferRequest(
-        id=request_id,
-        feed=feed,
-        rows=rows,
-        outputs=_requested_outputs(model, document.get("outputs"), bool(parameters.get("binary_data_output", False))),
-        timeout_s=_timeout(parameters.get("timeout")),
+        request_id,
+        feed,
+        rows,
+        _requested_outputs(model, document.get("outputs"), bool(parameters.get("binary_data_output", False))),
+        _timeout(parameters.get("timeout")),
     )
 
 
-def _common_feed(document: Any, model: Model) -> Feed | None:
-    """The feed of a plain request (every input once, flat small JSON data, exact shapes), or None.
+def _common_feed(document: Any, model: Model) -> tuple[Inputs, int] | None:
+    """The columns of a plain request (every input once, flat small JSON data, [n, 1] shapes), or None.
 
-    The common case pays for no error reporting: anything unusual returns None and the request is
-    parsed again by `_checked_feed`, which accepts exactly the same requests and explains rejections.
+    The common case pays for no error reporting and no numpy: each column stays the JSON list it
+    arrived as (the batcher converts a whole batch's columns at once). Anything unusual returns None
+    and the request is parsed again by `_checked_feed`, which accepts a superset of these requests
+    and explains rejections.
     """
     inputs = document.get("inputs") if type(document) is dict else None
-    if type(inputs) is not list or len(inputs) != len(model.inputs):
+    specs = model.input_by_name
+    if type(inputs) is not list or len(inputs) != len(specs):
         return None
-    feed: Feed = {}
-    rows = -1
+    feed: dict[str, Column] = {}
+    rows = 0
     for tensor in inputs:
-        if type(tensor) is not dict or "parameters" in tensor:
+        # Exactly name, datatype, shape and data: a tensor with parameters takes the checked path.
+        if type(tensor) is not dict or len(tensor) != 4:
             return None
         name = tensor.get("name")
         if type(name) is not str:
             return None
-        spec = model.input_by_name.get(name)
+        spec = specs.get(name)
         shape = tensor.get("shape")
         data = tensor.get("data")
-        if spec is None or name in feed or tensor.get("datatype") != spec.datatype or type(data) is not list:
-            return None
         if (
-            type(shape) is not list
+            spec is None
+            or spec.shape != COLUMN
+            or name in feed
+            or tensor.get("datatype") != spec.datatype
+            or type(data) is not list
+            or type(shape) is not list
             or len(shape) != 2
-            or spec.shape[1] != 1
+            or type(shape[1]) is not int  # not True, which equals 1
             or shape[1] != 1
-            or type(shape[1]) is not int
         ):
             return None
         count = shape[0]
-        if (
-            type(count) is not int
-            or count < 1
-            or len(data) != count
-            or count > SMALL_TENSOR
-            or (rows >= 0 and count != rows)
-        ):
+        if type(count) is not int or len(data) != count or not 0 < count <= SMALL_TENSOR or rows not in (0, count):
             return None
-        accepted = PYTHON_TYPES.get(spec.dtype.kind, (str,) if spec.datatype == "BYTES" else ())
-        if spec.datatype == "BYTES":
-            if not all(type(value) is str for value in data):
-                return None
-        else:
-            low, high = BOUNDS[spec.datatype]
+        plain = PLAIN_NUMBERS.get(spec.datatype)
+        if plain is not None:
+            accepted, low, high = plain
             for value in data:
                 if type(value) not in accepted or not low <= value <= high:
                     return None
-        try:
-            feed[name] = np.array(data, dtype=spec.dtype).reshape(count, 1)
-        except OverflowError:
+        elif spec.datatype == "BYTES":
+            for value in data:
+                if type(value) is not str:
+                    return None
+        else:  # BOOL and the like: rare enough for the checked path
             return None
+        feed[name] = data
         rows = count
-    return feed
+    return feed, rows
 
 
 def _checked_feed(document: Any, model: Model, tail: bytes) -> tuple[Feed, int]:
@@ -311,7 +324,7 @@ def _with_missing(data: list[Any], spec: TensorSpec) -> npt.NDArray[Any]:
 
 def _requested_outputs(model: Model, outputs: Any, binary_default: bool) -> tuple[tuple[str, bool], ...]:
     if outputs is None:
-        return tuple((spec.name, binary_default) for spec in model.outputs)
+        return _every_output(model.output_names, binary_default)
     if not isinstance(outputs, list) or not outputs:
         raise InvalidRequestError(f"'outputs' must be a non-empty list when given, got {_kind(outputs)}")
     requested = []
@@ -324,6 +337,12 @@ def _requested_outputs(model: Model, outputs: Any, binary_default: bool) -> tupl
         parameters = output.get("parameters") or {}
         requested.append((name, bool(parameters.get("binary_data", binary_default))))
     return tuple(requested)
+
+
+@functools.lru_cache(maxsize=1024)
+def _every_output(names: tuple[str, ...], as_binary: bool) -> tuple[tuple[str, bool], ...]:
+    """The usual request names no outputs: the same tuple for each, built once."""
+    return tuple((name, as_binary) for name in names)
 
 
 def _timeout(value: Any) -> float | None:

@@ -69,8 +69,8 @@ class ModelRepository:
         depth = self.metrics.queue_depth.labels(model.name, str(model.version))
         self.metrics.model_load_seconds.labels(model.name, str(model.version)).set(model.load_seconds)
 
-        def observe(rows: int, seconds: float, waits: list[float], queued: int) -> None:
-            model_metrics.batch(rows, seconds, waits)
+        def observe(rows: int, seconds: float, waited: float, queued: int) -> None:
+            model_metrics.batch(rows, seconds, waited)
             depth.set(queued)
 
         batcher = MicroBatcher(

@@ -156,6 +156,44 @@ def test_infer_rejects_bad_input_with_400_naming_what_was_wrong(client: TestClie
     assert error_of(client.post("/v2/models/age-weight/infer", json=body), 400).startswith(message)
 
 
+def with_tensor(input_name: str, **changes: Any) -> dict[str, Any]:
+    request = penguin_request()
+    request["inputs"] = [
+        {**tensor, **changes} if tensor["name"] == input_name else tensor for tensor in request["inputs"]
+    ]
+    return request
+
+
+# Requests near the edge of what the plain-request parse takes: each must get the same answer from it
+# as from the full parse, which a tensor carrying "parameters" is sent through.
+EDGE_REQUESTS = [
+    pytest.param(penguin_request(), id="plain"),
+    pytest.param(with_tensor("body_mass_g", data=[3800]), id="integer-for-float"),
+    pytest.param(with_tensor("body_mass_g", data=[True]), id="boolean-for-float"),
+    pytest.param(with_tensor("body_mass_g", data=["3800"]), id="string-for-float"),
+    pytest.param(with_tensor("body_mass_g", data=[3.5e38]), id="beyond-fp32"),
+    pytest.param(with_tensor("body_mass_g", data=[2**64]), id="huge-integer"),
+    pytest.param(with_tensor("body_mass_g", data=[None]), id="null-is-missing"),
+    pytest.param(with_tensor("sex", data=[7]), id="number-for-string"),
+    pytest.param(with_tensor("sex", shape=[1, True]), id="boolean-dimension"),
+    pytest.param(with_tensor("sex", shape=[1]), id="one-dimension"),
+    pytest.param(with_tensor("sex", shape=[2, 1]), id="rows-disagree"),
+    pytest.param(with_tensor("sex", datatype="FP32"), id="wrong-datatype"),
+    pytest.param(with_tensor("sex", name="island"), id="duplicate"),
+    pytest.param(with_tensor("sex", data=[["female"]]), id="nested"),
+    pytest.param(penguin_request(id="abc", outputs=[{"name": "label"}]), id="id-and-outputs"),
+]
+
+
+@pytest.mark.parametrize("request_body", EDGE_REQUESTS)
+def test_plain_requests_get_the_same_answer_as_fully_checked_ones(client: TestClient, request_body: Any) -> None:
+    checked = {**request_body, "inputs": [{**tensor, "parameters": {}} for tensor in request_body["inputs"]]}
+    plain = client.post("/v2/models/penguins/infer", json=request_body)
+    full = client.post("/v2/models/penguins/infer", json=checked)
+    assert (plain.status_code, plain.json()) == (full.status_code, full.json())
+    assert plain.status_code in (200, 400)
+
+
 def test_missing_input_is_named(client: TestClient) -> None:
     request = penguin_request()
     request["inputs"] = request["inputs"][1:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -225,3 +226,62 @@ def test_stats_count_requests_rows_and_batches() -> None:
     stats = run(scenario).stats
     assert (stats.inference_count, stats.execution_count, stats.success_count) == (6, 1, 3)
     assert list(stats.batch_sizes) == [6]
+
+
+class SlowModel(FakeModel):
+    def run(self, feed: Feed) -> Feed:
+        time.sleep(0.5)
+        return super().run(feed)
+
+
+def test_deadlines_are_kept_while_a_batch_runs_in_a_thread_and_while_queued_behind_it() -> None:
+    model = SlowModel()
+
+    async def scenario() -> tuple[list[Any], float]:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1) as executor:
+            async with MicroBatcher(model.run, inline_batch_rows=0, executor=executor) as batcher:
+                started = loop.time()
+                running = batcher.submit(rows(1), 1, started + 0.1)
+                await asyncio.sleep(0.02)  # the first batch is now in the thread
+                queued = batcher.submit(rows(2), 1, started + 0.15)
+                patient = batcher.submit(rows(3), 1, FAR)
+                outcomes = list(await asyncio.gather(running, queued, return_exceptions=True))
+                answered_after = loop.time() - started
+                outcomes.append(await patient)
+                return outcomes, answered_after
+
+    (running, queued, patient), answered_after = run(scenario)
+    assert isinstance(running, DeadlineExceededError) and "while its batch ran" in running.message
+    assert isinstance(queued, DeadlineExceededError) and "in the queue" in queued.message
+    assert answered_after < 0.4, "expired requests are answered at their deadlines, not when the model returns"
+    assert patient["y"].tolist() == [[6.0]]
+    assert model.batches == [[1.0], [3.0]], "the expired queued request never ran"
+
+
+def test_list_columns_take_the_signature_dtype_and_share_a_batch_with_arrays() -> None:
+    model = FakeModel()
+    signature = (("x", "<f4", (1,)),)
+
+    async def scenario() -> list[Feed]:
+        async with MicroBatcher(model.run) as batcher:
+            futures = [
+                batcher.submit({"x": [1, 2.5]}, 2, FAR, signature),
+                batcher.submit(rows(3), 1, FAR, signature),
+                batcher.submit({"x": [4.0]}, 1, FAR, signature),
+            ]
+            return list(await asyncio.gather(*futures))
+
+    first, second, third = run(scenario)
+    assert model.batches == [[1.0, 2.5, 3.0, 4.0]]
+    assert first["y"].dtype == np.float32 and first["y"].tolist() == [[2.0], [5.0]]
+    assert second["y"].tolist() == [[6.0]] and third["y"].tolist() == [[8.0]]
+
+
+def test_list_columns_need_a_signature() -> None:
+    async def scenario() -> None:
+        async with MicroBatcher(FakeModel().run) as batcher:
+            with pytest.raises(TypeError, match="submit it with the model's signature"):
+                batcher.submit({"x": [1.0]}, 1, FAR)
+
+    run(scenario)

@@ -160,7 +160,7 @@ def test_metrics_count_requests_latency_batches_and_loads(server_url: str) -> No
     assert value(bad, text) - value(bad, before) == 1
     assert 'tabserve_request_duration_seconds_bucket{le="0.0001",model="diabetes",version="1"}' in text
     assert value('tabserve_batch_rows_count{model="diabetes",version="1"}', text) >= 5
-    assert 'tabserve_queue_wait_seconds_count{model="diabetes",version="1"}' in text
+    assert 'tabserve_queue_wait_seconds_total{model="diabetes",version="1"}' in text
     assert 'tabserve_inference_seconds_sum{model="diabetes",version="1"}' in text
     assert value('tabserve_model_load_seconds{model="penguins",version="1"}', text) > 0
     assert 'tabserve_queue_depth{model="penguins",version="1"} 0.0' in text
