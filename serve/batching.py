@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,14 +38,27 @@ class InferenceFailedError(ServeError):
     """The model raised on input that passed validation."""
 
 
-class Outputs(dict[str, npt.NDArray[Any]]):
-    """One request's rows of every output, and the size of the batch they were computed in."""
+class Outputs(Mapping[str, npt.NDArray[Any]]):
+    """One request's rows of every output, and the size of the batch they were computed in.
 
-    __slots__ = ("batch_rows",)
+    Rows are cut from the batch's arrays when asked for: a dict of slices per request cost ~1 us.
+    """
 
-    def __init__(self, parts: Feed, batch_rows: int) -> None:
-        super().__init__(parts)
+    __slots__ = ("_arrays", "_rows", "batch_rows")
+
+    def __init__(self, arrays: Feed, batch_rows: int, rows: slice = slice(None)) -> None:
+        self._arrays = arrays
+        self._rows = rows
         self.batch_rows = batch_rows
+
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
+        return self._arrays[name][self._rows]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
 
 
 @dataclass(slots=True)
@@ -337,7 +350,7 @@ def _split(outputs: Feed, rows: list[int]) -> list[Outputs]:
         return [Outputs(outputs, total)]
     parts, start = [], 0
     for count in rows:
-        parts.append(Outputs({name: array[start : start + count] for name, array in outputs.items()}, total))
+        parts.append(Outputs(outputs, total, slice(start, start + count)))
         start += count
     return parts
 

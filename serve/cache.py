@@ -54,7 +54,7 @@ class ResponseCache:
             copy = np.array(array, copy=True)  # a view would pin the whole batch's arrays in memory
             copy.flags.writeable = False
             frozen[name] = copy
-        self._entries[key] = Outputs(frozen, outputs.batch_rows)
+        self._entries[key] = Outputs(frozen, batch_rows=0)  # a hit runs in no batch
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

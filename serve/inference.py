@@ -9,6 +9,7 @@ request arrives. Each renders its own errors in the one JSON shape.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -45,7 +46,6 @@ class InferenceEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request_id = _request_id(scope)
         try:
             status, body, headers = await self.handle(scope, receive)
         except ServeError as exc:
@@ -56,7 +56,10 @@ class InferenceEndpoint:
             status, body = 500, b'{"error":"internal server error; see the server log"}'
             headers = [(b"content-type", JSON)]
         headers.append((b"content-length", str(len(body)).encode()))
-        headers.append((b"x-request-id", request_id))
+        logged = scope["state"]["settings"].access_log
+        request_id = _request_id(scope, generate=logged)
+        if request_id is not None:
+            headers.append((b"x-request-id", request_id))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         seconds = time.perf_counter() - started
@@ -65,7 +68,7 @@ class InferenceEndpoint:
             entry.metrics.request(status, seconds)
         else:  # no model resolved (404 and the like): one bounded label set, never the client's model name
             scope["state"]["metrics"].requests.labels("", "", str(status)).inc()
-        if scope["state"]["settings"].access_log:
+        if logged:
             _log_access(scope, request_id, entry, status, seconds)
 
 
@@ -84,18 +87,19 @@ _request_ids = itertools.count(1)
 _PROCESS_TAG = f"{os.getpid():x}"
 
 
-def _request_id(scope: Scope) -> bytes:
-    """The client's X-Request-ID (up to 128 printable characters), else a new one unique to this process."""
+def _request_id(scope: Scope, generate: bool) -> bytes | None:
+    """The client's X-Request-ID (up to 128 printable characters), echoed; else, when there is an access
+    log for it to point into, a new one unique to this process."""
     for name, value in scope["headers"]:
         if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii() and value.decode().isprintable():
             return bytes(value)
-    return f"{_PROCESS_TAG}-{next(_request_ids)}".encode()
+    return f"{_PROCESS_TAG}-{next(_request_ids)}".encode() if generate else None
 
 
-def _log_access(scope: Scope, request_id: bytes, entry: ModelEntry | None, status: int, seconds: float) -> None:
+def _log_access(scope: Scope, request_id: bytes | None, entry: ModelEntry | None, status: int, seconds: float) -> None:
     """One JSON line; never the body, never a header value other than the request id."""
     record = {
-        "request_id": request_id.decode(),
+        "request_id": request_id.decode() if request_id else None,
         "method": scope["method"],
         "path": scope["path"],
         "model": entry.model.name if entry else None,
@@ -117,6 +121,7 @@ async def _infer(scope: Scope, receive: Receive) -> Reply:
     header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
     parsed = protocol.parse_infer_request(protocol.parse_json(header), entry.model, tail, settings.max_request_rows)
     outputs = await score(scope, receive, settings, entry, parsed.feed, parsed.rows, parsed.timeout_s)
+    scope["tabserve.batch_rows"] = outputs.batch_rows
     content, header_length = protocol.render_infer_response(entry.model, parsed, outputs)
     if header_length is None:
         return 200, content, [(b"content-type", JSON)]
@@ -133,6 +138,7 @@ async def _predict_records(scope: Scope, receive: Receive) -> Reply:
     )
     feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
     outputs = await score(scope, receive, settings, entry, feed, rows, None)
+    scope["tabserve.batch_rows"] = outputs.batch_rows
     return 200, _dumps(records.render_predictions(entry.model, outputs)), [(b"content-type", JSON)]
 
 
@@ -144,9 +150,9 @@ async def _predict_seed(scope: Scope, receive: Receive) -> Reply:
         await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
     )
     feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
-    predictions = records.render_predictions(
-        entry.model, await score(scope, receive, settings, entry, feed, rows, None)
-    )
+    outputs = await score(scope, receive, settings, entry, feed, rows, None)
+    scope["tabserve.batch_rows"] = outputs.batch_rows
+    predictions = records.render_predictions(entry.model, outputs)
     values = [item["label"] if isinstance(item, dict) else item for item in predictions["predictions"]]
     key = f"predicted_{entry.model.card.get('target') or 'value'}"
     return 200, _dumps({key: values[0] if rows == 1 else values}), [(b"content-type", JSON)]
@@ -157,7 +163,7 @@ predict_records = InferenceEndpoint(_predict_records)
 predict_seed = InferenceEndpoint(_predict_seed)
 
 
-async def score(
+def score(
     scope: Scope,
     receive: Receive,
     settings: Settings,
@@ -165,30 +171,43 @@ async def score(
     feed: Inputs,
     rows: int,
     timeout_s: float | None,
-) -> Outputs:
-    """Queue the request and wait for its rows, within its deadline and only while its client is there."""
+) -> asyncio.Future[Outputs]:
+    """The request's future outputs: from the cache when it holds them, else from a batch.
+
+    A plain function handing back a future, not a coroutine: each coroutine layer on the hot path
+    costs a suspension and a resumption per request.
+    """
+    scope["tabserve.rows"] = rows
     cache: ResponseCache | None = scope["state"]["cache"]
-    key = None
-    if cache is not None and rows <= MAX_CACHED_ROWS:
-        key = canonical_key(entry.model.identity, entry.model.signature, feed)
-        cached = cache.get(key)
-        entry.metrics.parent.cache.labels("hit" if cached is not None else "miss").inc()
-        if cached is not None:
-            scope["tabserve.rows"], scope["tabserve.batch_rows"] = rows, 0
-            return cached
+    if cache is None or rows > MAX_CACHED_ROWS:
+        return _submit(receive, settings, entry, feed, rows, timeout_s)
+    key = canonical_key(entry.model.identity, entry.model.signature, feed)
+    found = cache.get(key)
+    entry.metrics.parent.cache.labels("hit" if found is not None else "miss").inc()
+    if found is not None:
+        answered: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        answered.set_result(found)
+        return answered
+    future = _submit(receive, settings, entry, feed, rows, timeout_s)
+    future.add_done_callback(functools.partial(_keep, cache, key, rows))
+    return future
+
+
+def _submit(
+    receive: Receive, settings: Settings, entry: ModelEntry, feed: Inputs, rows: int, timeout_s: float | None
+) -> asyncio.Future[Outputs]:
     budget = settings.request_timeout_s if timeout_s is None else min(timeout_s, settings.request_timeout_s)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + budget
     # Watch the connection only when the wait will outlast the next batch: a watcher task per request
     # costs more than a small model's share of a batch.
     watch = entry.batcher.depth >= settings.max_batch_size
+    deadline = asyncio.get_running_loop().time() + budget
     future = entry.batcher.submit(feed, rows, deadline, entry.model.signature)  # it enforces the deadline
-    scope["tabserve.rows"] = rows
-    outputs = await (_unless_disconnected(receive, future) if watch else future)
-    scope["tabserve.batch_rows"] = outputs.batch_rows
-    if key is not None and cache is not None:
-        cache.put(key, outputs, rows)
-    return outputs
+    return asyncio.ensure_future(_unless_disconnected(receive, future)) if watch else future
+
+
+def _keep(cache: ResponseCache, key: bytes, rows: int, future: asyncio.Future[Outputs]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        cache.put(key, future.result(), rows)
 
 
 async def _unless_disconnected(receive: Receive, future: asyncio.Future[Outputs]) -> Outputs:

@@ -57,6 +57,7 @@ class Model:
         started = time.monotonic()
         self.name = name
         self.version = version
+        self.version_text = str(version)
         self.folder = folder
         self.card = _read_card(folder)
         model_bytes = _read_verified(folder, self.card)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -216,22 +217,26 @@ def check_missing_values(model: Model, spec: TensorSpec, array: npt.NDArray[Any]
         )
 
 
-def render_infer_response(model: Model, request: InferRequest, outputs: Feed) -> tuple[bytes, int | None]:
+def render_infer_response(
+    model: Model, request: InferRequest, outputs: Mapping[str, npt.NDArray[Any]]
+) -> tuple[bytes, int | None]:
     """The V2 response body, and the JSON header's length when binary outputs follow it."""
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, as_binary in request.outputs:
         array = outputs[name]
-        spec = model.output_by_name[name]
-        entry: dict[str, Any] = {"name": name, "datatype": spec.datatype, "shape": list(array.shape)}
+        datatype = model.output_by_name[name].datatype
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": array.shape}
         if as_binary:
-            raw = binary.encode_tensor(array, spec.datatype)
+            raw = binary.encode_tensor(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = array.ravel().tolist() if array.dtype == object else np.ascontiguousarray(array.ravel())
+            # reshape(-1) is C-contiguous, which orjson needs; strings are objects, which it does not take.
+            flat = array.reshape(-1)
+            entry["data"] = flat.tolist() if datatype == "BYTES" else flat
         tensors.append(entry)
-    document: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version), "outputs": tensors}
+    document: dict[str, Any] = {"model_name": model.name, "model_version": model.version_text, "outputs": tensors}
     if request.id is not None:
         document["id"] = request.id
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)

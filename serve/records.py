@@ -7,9 +7,11 @@ imputes one (NaN for numbers, '' for categories), and an error where it does not
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from serve.errors import InvalidRequestError
 from serve.model import Feed, Model
@@ -63,7 +65,7 @@ def parse_instances(document: Any, model: Model, max_rows: int) -> tuple[Feed, i
     return feed, len(instances)
 
 
-def render_predictions(model: Model, outputs: Feed) -> dict[str, Any]:
+def render_predictions(model: Model, outputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, Any]:
     """Regression: one number per record. Classification: label plus probabilities by class name."""
     if model.task == "classification" and model.classes and len(model.outputs) == 2:
         label_name, probability_name = model.output_names

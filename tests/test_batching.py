@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve.batching import Feed, InferenceFailedError, MicroBatcher
+from serve.batching import Feed, InferenceFailedError, MicroBatcher, Outputs
 from serve.errors import DeadlineExceededError, ModelNotReadyError, ServerBusyError
 
 FAR = 1e12
@@ -45,7 +45,7 @@ def run(coroutine_factory: Callable[[], Any]) -> Any:
 def test_lone_request_runs_at_once_in_a_batch_of_its_own() -> None:
     model = FakeModel()
 
-    async def scenario() -> Feed:
+    async def scenario() -> Outputs:
         async with MicroBatcher(model.run) as batcher:
             return await batcher.submit(rows(3.0), 1, FAR)
 
@@ -59,7 +59,7 @@ def test_concurrent_requests_share_a_batch_and_each_gets_its_own_rows_in_order()
     rng = np.random.default_rng(7)
     payloads = [rng.normal(size=int(rng.integers(1, 4))).astype(np.float32) for _ in range(12)]
 
-    async def scenario() -> list[Feed]:
+    async def scenario() -> list[Outputs]:
         async with MicroBatcher(model.run, max_batch_size=1000) as batcher:
             futures = [batcher.submit(rows(*values), len(values), FAR) for values in payloads]
             return list(await asyncio.gather(*futures))
@@ -86,7 +86,7 @@ def test_batches_never_exceed_max_batch_size_rows() -> None:
 def test_request_larger_than_max_batch_size_runs_alone() -> None:
     model = FakeModel()
 
-    async def scenario() -> Feed:
+    async def scenario() -> Outputs:
         async with MicroBatcher(model.run, max_batch_size=4) as batcher:
             small = batcher.submit(rows(1), 1, FAR)
             big = batcher.submit(rows(*range(10)), 10, FAR)
@@ -263,7 +263,7 @@ def test_list_columns_take_the_signature_dtype_and_share_a_batch_with_arrays() -
     model = FakeModel()
     signature = (("x", "<f4", (1,)),)
 
-    async def scenario() -> list[Feed]:
+    async def scenario() -> list[Outputs]:
         async with MicroBatcher(model.run) as batcher:
             futures = [
                 batcher.submit({"x": [1, 2.5]}, 2, FAR, signature),
