@@ -32,6 +32,8 @@ Inputs = Mapping[str, Column]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 logger = logging.getLogger("tabserve.batching")
 MAX_TRACKED_BATCH_SIZES = 256
+SUSTAINED_LOAD_GAP_S = 0.005
+"""A batch that follows a batch of several requests this closely is under sustained load."""
 
 
 class InferenceFailedError(ServeError):
@@ -99,6 +101,7 @@ class MicroBatcher:
         *,
         max_batch_size: int = 64,
         max_batch_delay_ms: float = 0.0,
+        adaptive_wait_ms: float = 0.0,
         max_queue_size: int = 1024,
         inline_batch_rows: int = 256,
         executor: Executor | None = None,
@@ -108,13 +111,18 @@ class MicroBatcher:
         self._run = run
         self._max_batch_size = max_batch_size
         self._delay_s = max_batch_delay_ms / 1000.0
+        self._adaptive_wait_s = adaptive_wait_ms / 1000.0
         self._max_queue_size = max_queue_size
         self._inline_batch_rows = inline_batch_rows if executor is not None else float("inf")
         self._executor = executor
         self._name = name
         self._on_batch = on_batch
         self._queue: collections.deque[_Item] = collections.deque()
+        self._queued_rows = 0
         self._wakeup: asyncio.Future[None] | None = None
+        self._last_batch = (0, -math.inf)
+        """(requests, loop time it ended) of the latest batch: whether the load is sustained."""
+        self._gathered: asyncio.Future[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._running: list[_Item] = []
         """The batch being executed (a thread may be running it while the loop goes on)."""
@@ -160,10 +168,13 @@ class MicroBatcher:
         if signature is None:
             signature = feed_signature(feed)
         self._queue.append(_Item(feed, rows, signature, future, deadline, loop.time()))
+        self._queued_rows += rows
         if deadline < self._expiry_at:
             self._arm(loop, deadline)
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
+        elif self._gathered is not None and self._gathered_enough():
+            _resolve(self._gathered)
         return future
 
     async def close(self, timeout_s: float = 30.0) -> None:
@@ -185,6 +196,7 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.set_exception(ModelNotReadyError(f"model {self._name} shut down before running"))
         self._queue.clear()
+        self._queued_rows = 0
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -193,8 +205,10 @@ class MicroBatcher:
                 self._wakeup = loop.create_future()
                 await self._wakeup
                 self._wakeup = None
-            if self._delay_s and self._queued_rows() < self._max_batch_size:
+            if self._delay_s and self._queued_rows < self._max_batch_size:
                 await asyncio.sleep(self._delay_s)
+            elif self._adaptive_wait_s:
+                await self._gather(loop)
             batch = self._take_batch(loop.time())
             if batch:
                 self._running = batch
@@ -202,6 +216,29 @@ class MicroBatcher:
                     await self._execute(batch)
                 finally:
                     self._running = []
+                    self._last_batch = (len(batch), loop.time())
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Under sustained load, wait up to adaptive_wait_ms for a full batch.
+
+        Clients under load send their next requests as their answers arrive, so requests come in
+        waves; taking the queue at the first arrival cuts each wave into several batches (measured at
+        64 connections: 23 rows per batch and 16.3k requests/s, against 64 rows and 18k requests/s
+        when waiting). A lone request, or the first after a pause, expects no company and runs at once.
+        """
+        requests, ended = self._last_batch
+        if requests < 2 or loop.time() - ended > SUSTAINED_LOAD_GAP_S or self._gathered_enough():
+            return
+        self._gathered = loop.create_future()
+        timer = loop.call_later(self._adaptive_wait_s, _resolve, self._gathered)
+        try:
+            await self._gathered
+        finally:
+            timer.cancel()
+            self._gathered = None
+
+    def _gathered_enough(self) -> bool:
+        return self._queued_rows >= self._max_batch_size
 
     def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
         if self._expiry is not None:
@@ -229,9 +266,6 @@ class MicroBatcher:
         if earliest < math.inf:
             self._arm(loop, earliest)
 
-    def _queued_rows(self) -> int:
-        return sum(item.rows for item in self._queue)
-
     def _take_batch(self, now: float) -> list[_Item]:
         """Pop live items with the first one's signature, up to max_batch_size rows (a big one alone)."""
         batch: list[_Item] = []
@@ -240,21 +274,22 @@ class MicroBatcher:
         while self._queue:
             item = self._queue[0]
             if item.future.done():  # cancelled: the client left or its deadline passed while waiting
-                self._queue.popleft()
+                self._queued_rows -= self._queue.popleft().rows
                 continue
             if item.deadline <= now:
-                self._queue.popleft()
+                self._queued_rows -= self._queue.popleft().rows
                 item.future.set_exception(DeadlineExceededError(_late_message(item, now, running=False)))
                 continue
             if batch and (rows + item.rows > self._max_batch_size):
                 break
-            self._queue.popleft()
+            self._queued_rows -= self._queue.popleft().rows
             if batch and item.signature != batch[0].signature:
                 skipped.append(item)  # different inputs or datatypes: the next batch
                 continue
             batch.append(item)
             rows += item.rows
         self._queue.extendleft(reversed(skipped))
+        self._queued_rows += sum(item.rows for item in skipped)
         return batch
 
     async def _execute(self, batch: list[_Item]) -> None:
@@ -309,6 +344,11 @@ class MicroBatcher:
         if self._on_batch is not None:
             # rows, onnxruntime seconds, the requests' summed wait in the queue, requests still queued
             self._on_batch(rows, compute_ns / 1e9, max(queue_ns, 0) / 1e9, len(self._queue))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def feed_signature(feed: Inputs) -> Signature:

@@ -77,6 +77,7 @@ class ModelRepository:
             model.run,
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
+            adaptive_wait_ms=settings.adaptive_batch_wait_ms,
             max_queue_size=settings.max_queue_size,
             inline_batch_rows=settings.inline_batch_rows,
             executor=self._executor,

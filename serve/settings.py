@@ -49,7 +49,9 @@ class Settings:
     max_batch_size: int = 64
     """Rows per onnxruntime call; a request with more rows runs alone."""
     max_batch_delay_ms: float = 0.0
-    """Extra wait to grow a batch; 0 = take only what queued while the last batch ran (Triton's default)."""
+    """Wait this long for a full batch, even when idle (Triton's max_queue_delay); 0 = never."""
+    adaptive_batch_wait_ms: float = 0.5
+    """Under sustained load only, wait up to this long for as many requests as the last batch had."""
     max_queue_size: int = 1024
     """Requests waiting per model version; beyond it new ones get 503 + Retry-After at once."""
     inline_batch_rows: int = 256
@@ -97,8 +99,9 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"SERVE_{name.upper()} must be > 0, got {getattr(self, name)!r}")
-        for name in ("cache_max_entries", "max_batch_delay_ms", "request_timeout_s", "timeout_keep_alive_s",
-                     "header_timeout_s", "poll_interval_s", "shutdown_drain_s", "shutdown_timeout_s"):  # fmt: skip
+        for name in ("cache_max_entries", "max_batch_delay_ms", "adaptive_batch_wait_ms", "request_timeout_s",
+                     "timeout_keep_alive_s", "header_timeout_s", "poll_interval_s", "shutdown_drain_s",
+                     "shutdown_timeout_s"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"SERVE_{name.upper()} must be >= 0, got {getattr(self, name)!r}")
 

@@ -285,3 +285,60 @@ def test_list_columns_need_a_signature() -> None:
                 batcher.submit({"x": [1.0]}, 1, FAR)
 
     run(scenario)
+
+
+def test_adaptive_wait_never_delays_a_lone_request() -> None:
+    model = FakeModel()
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        async with MicroBatcher(model.run, adaptive_wait_ms=5000) as batcher:
+            await batcher.submit(rows(1), 1, FAR)
+            started = loop.time()
+            await batcher.submit(rows(2), 1, FAR)  # follows a batch of one: no sign of concurrency
+            return loop.time() - started
+
+    assert run(scenario) < 1.0
+    assert model.batches == [[1.0], [2.0]]
+
+
+def test_adaptive_wait_gathers_a_full_batch_under_sustained_load_and_stops_when_full() -> None:
+    model = FakeModel()
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        async with MicroBatcher(model.run, max_batch_size=3, adaptive_wait_ms=5000) as batcher:
+            await asyncio.gather(batcher.submit(rows(1), 1, FAR), batcher.submit(rows(2), 1, FAR))
+            started = loop.time()
+            waves = [batcher.submit(rows(3), 1, FAR)]
+            for value in (4, 5):
+                await asyncio.sleep(0.05)  # the rest of the wave trickles in
+                waves.append(batcher.submit(rows(value), 1, FAR))
+            await asyncio.gather(*waves)
+            return loop.time() - started
+
+    elapsed = run(scenario)
+    assert model.batches == [[1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert elapsed < 1.0, "the wait ends when the batch is full, not after adaptive_wait_ms"
+
+
+def test_adaptive_wait_is_bounded_and_skipped_after_a_pause() -> None:
+    model = FakeModel()
+
+    async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        async with MicroBatcher(model.run, adaptive_wait_ms=100) as batcher:
+            await asyncio.gather(batcher.submit(rows(1), 1, FAR), batcher.submit(rows(2), 1, FAR))
+            started = loop.time()
+            await batcher.submit(rows(3), 1, FAR)  # right after a batch of two: waits, at most 100 ms
+            waited = loop.time() - started
+            await asyncio.gather(batcher.submit(rows(4), 1, FAR), batcher.submit(rows(5), 1, FAR))
+            await asyncio.sleep(0.2)  # a pause after a batch of two: the load is no longer sustained
+            started = loop.time()
+            await batcher.submit(rows(6), 1, FAR)
+            return waited, loop.time() - started
+
+    waited, after_pause = run(scenario)
+    assert 0.09 < waited < 0.5
+    assert after_pause < 0.05
+    assert model.batches == [[1.0, 2.0], [3.0], [4.0, 5.0], [6.0]]
