@@ -80,12 +80,14 @@ class KeyRing:
 
 
 class AuthMiddleware:
+    """Keys checked before any endpoint; create_app installs it only when a key is configured."""
+
     def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
         self.app = app
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.keys.enabled or scope["type"] != "http":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]

@@ -372,12 +372,16 @@ def _assemble(feeds: list[Inputs], signature: Signature) -> Feed:
         columns = [inputs[name] for inputs in feeds]
         if all(type(column) is list for column in columns):
             values = columns[0] if len(columns) == 1 else list(itertools.chain.from_iterable(columns))
-            feed[name] = np.array(values, dtype=dtype).reshape(-1, 1)
+            feed[name] = column_array(values, dtype)
         else:
-            arrays = [column if isinstance(column, np.ndarray) else np.array(column, dtype=dtype).reshape(-1, 1)
-                      for column in columns]  # fmt: skip
+            arrays = [column_array(column, dtype) for column in columns]
             feed[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
     return feed
+
+
+def column_array(column: Column, dtype: str) -> npt.NDArray[Any]:
+    """A column as an array: a list holds one value per row, in the signature's dtype."""
+    return column if isinstance(column, np.ndarray) else np.array(column, dtype=dtype).reshape(-1, 1)
 
 
 def _split(outputs: Feed, rows: list[int]) -> list[Outputs]:

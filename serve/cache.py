@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.batching import Inputs, Outputs, Signature
+from serve.batching import Inputs, Outputs, Signature, column_array
 
 MAX_CACHED_ROWS = 64
 
@@ -25,8 +25,7 @@ def canonical_key(identity: tuple[str, int, str], signature: Signature, feed: In
     """
     parts = [repr(identity).encode()]
     for name, dtype, _ in sorted(signature):
-        column = feed[name]
-        array = column if isinstance(column, np.ndarray) else np.array(column, dtype=dtype).reshape(-1, 1)
+        array = column_array(feed[name], dtype)
         parts.append(f"{name}|{array.dtype.str}|{array.shape}|".encode())
         if array.dtype == object:
             parts.extend(struct.pack("<I", len(raw)) + raw for raw in (str(item).encode() for item in array.ravel()))

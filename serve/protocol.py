@@ -5,7 +5,6 @@ Every rejection says what was received and what was expected, and raises a Serve
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Mapping
@@ -276,17 +275,16 @@ def _check_shape(spec: TensorSpec, shape: Any, datatype: Any) -> list[int]:
 def _decode_json(model: Model, spec: TensorSpec, data: Any, count: int) -> npt.NDArray[Any]:
     if not isinstance(data, list):
         raise InvalidRequestError(f"input {spec.name!r}: 'data' must be a list, got {_kind(data)}")
-    accepted = PYTHON_TYPES.get(spec.dtype.kind)
-    if accepted is not None and len(data) == count <= SMALL_TENSOR:
+    plain = PLAIN_NUMBERS.get(spec.datatype)
+    if plain is not None and len(data) == count <= SMALL_TENSOR:
         # Fast path for the common small, flat request: plain Python numbers inside the datatype's range
-        # cannot be NaN or infinite once converted (JSON has no such literals), so no numpy check follows.
-        low, high = BOUNDS[spec.datatype]
+        # convert exactly and cannot be NaN or infinite (JSON has no such literals), so no numpy check follows.
+        accepted, low, high = plain
         for value in data:
             if type(value) not in accepted or not low <= value <= high:
                 break
         else:
-            with contextlib.suppress(OverflowError):  # an integer at the very edge of int64: the slow path says so
-                return np.array(data, dtype=spec.dtype)
+            return np.array(data, dtype=spec.dtype)
     if spec.datatype == "BYTES":
         flat = _flatten(data)
         if not set(map(type, flat)) <= {str}:
