@@ -25,6 +25,7 @@ from serve.batching import Inputs, Outputs
 from serve.body import read_body
 from serve.cache import MAX_CACHED_ROWS, ResponseCache, canonical_key
 from serve.errors import ServeError
+from serve.metrics import UNRESOLVED
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
 
@@ -66,8 +67,8 @@ class InferenceEndpoint:
         entry: ModelEntry | None = scope.get("tabserve.entry")
         if entry is not None:
             entry.metrics.request(status, seconds)
-        else:  # no model resolved (404 and the like): one bounded label set, never the client's model name
-            scope["state"]["metrics"].requests.labels("", "", str(status)).inc()
+        else:  # no model resolved (404 and the like)
+            scope["state"]["metrics"].requests_for(UNRESOLVED)(status, seconds)
         if logged:
             _log_access(scope, request_id, entry, status, seconds)
 

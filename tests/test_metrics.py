@@ -1,0 +1,35 @@
+"""Request metrics kept in plain Python must read exactly like prometheus-client's own metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from serve.metrics import LATENCY_BUCKETS, REQUEST_SECONDS, REQUESTS, UNRESOLVED, Metrics
+
+# Every bucket edge exactly (le is inclusive), values between, beyond the last bound, and two statuses.
+OBSERVATIONS = [(200, bound) for bound in LATENCY_BUCKETS] + [(200, 0.00003), (200, 0.0007), (200, 42.0),
+                                                               (400, 0.002), (503, 0.0)]  # fmt: skip
+
+
+def request_lines(exposition: bytes) -> list[str]:
+    """The request counter's and latency histogram's samples, without prometheus-client's _created ones."""
+    names = (REQUESTS[0], REQUEST_SECONDS[0])
+    return sorted(
+        line for line in exposition.decode().splitlines() if line.startswith(names) and "_created" not in line
+    )
+
+
+def test_request_tallies_expose_what_prometheus_client_would() -> None:
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    requests = Counter(*REQUESTS, ("model", "version", "status"), registry=reference)
+    latency = Histogram(*REQUEST_SECONDS, ("model", "version"), buckets=LATENCY_BUCKETS, registry=reference)
+    for labels, record in ((("penguins", "1"), metrics.for_model("penguins", 1).request),
+                           (UNRESOLVED, metrics.requests_for(UNRESOLVED))):  # fmt: skip
+        for status, seconds in OBSERVATIONS:
+            record(status, seconds)
+            requests.labels(*labels, str(status)).inc()
+            latency.labels(*labels).observe(seconds)
+    expected = request_lines(generate_latest(reference))
+    assert len(expected) == 2 * (3 + len(LATENCY_BUCKETS) + 3)  # per label set: 3 statuses, buckets + Inf, count, sum
+    assert request_lines(metrics.exposition()) == expected
