@@ -139,14 +139,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = None if multiprocess() else self.registry
-        self._tallies: dict[tuple[str, str], RequestTally] | None = None
+        self._tallies: dict[tuple[str, str], RequestTally] = {}
         self._shared: tuple[Counter, Histogram] | None = None
-        self._recorders: dict[tuple[str, str], Callable[[int, float], None]] = {}
-        if multiprocess():
+        if registry is None:
             self._shared = (Counter(*REQUESTS, (*LABELS, "status"), registry=None),
                             Histogram(*REQUEST_SECONDS, LABELS, buckets=LATENCY_BUCKETS, registry=None))  # fmt: skip
         else:
-            self._tallies = {}
             self.registry.register(TallyCollector(self._tallies))
         # A sum, as Triton's nv_inference_queue_duration_us: per batch, not per request, since it is on the
         # hot path; divided by the request count it is the mean wait.
@@ -169,15 +167,12 @@ class Metrics:
 
     def requests_for(self, labels: tuple[str, str]) -> Callable[[int, float], None]:
         """Where requests with these (model, version) labels are counted: `UNRESOLVED` for no model."""
-        recorder = self._recorders.get(labels)
-        if recorder is None:
-            if self._shared is not None:
-                recorder = SharedRequests(*self._shared, labels).request
-            else:
-                assert self._tallies is not None
-                recorder = self._tallies.setdefault(labels, RequestTally()).request
-            self._recorders[labels] = recorder
-        return recorder
+        if self._shared is not None:
+            return SharedRequests(*self._shared, labels).request
+        tally = self._tallies.get(labels)
+        if tally is None:
+            tally = self._tallies[labels] = RequestTally()
+        return tally.request
 
     def for_model(self, name: str, version: int) -> ModelMetrics:
         labels = (name, str(version))

@@ -146,18 +146,7 @@ def _common_feed(document: Any, model: Model, tail: bytes) -> tuple[Inputs, int]
             size = parameters.get("binary_data_size") if type(parameters) is dict and len(parameters) == 1 else None
             if type(size) is not int or not 0 <= size <= len(tail) - offset:
                 return None
-            dtype = BINARY_NUMBERS.get(spec.datatype)
-            if dtype is not None:
-                if size != count * dtype.itemsize:
-                    return None
-                array = np.frombuffer(tail, dtype, count, offset)
-                if dtype.kind == "f" and not np.isfinite(array).all() and not _only_missing(model, spec, array):
-                    return None
-                column = array.reshape(COLUMN)
-            elif spec.datatype == "BYTES":
-                column = binary.decode_strings(tail[offset : offset + size], count)
-            else:  # BOOL and the like: rare enough for the checked path
-                return None
+            column = _plain_binary_column(model, spec, count, tail, offset, size)
             offset += size
         else:
             column = data = tensor.get("data")
@@ -184,6 +173,23 @@ def _common_feed(document: Any, model: Model, tail: bytes) -> tuple[Inputs, int]
     if offset != len(tail):
         return None
     return feed, rows
+
+
+def _plain_binary_column(
+    model: Model, spec: TensorSpec, count: int, tail: bytes, offset: int, size: int
+) -> Column | None:
+    """`count` values of one input from `size` bytes of the tail, or None when not plain."""
+    dtype = BINARY_NUMBERS.get(spec.datatype)
+    if dtype is not None:
+        if size != count * dtype.itemsize:
+            return None
+        array = np.frombuffer(tail, dtype, count, offset)
+        if dtype.kind == "f" and not np.isfinite(array).all() and not _only_missing(model, spec, array):
+            return None
+        return array.reshape(COLUMN)
+    if spec.datatype == "BYTES":
+        return binary.decode_strings(tail[offset : offset + size], count)
+    return None  # BOOL and the like: rare enough for the checked path
 
 
 def _checked_feed(document: Any, model: Model, tail: bytes) -> tuple[Feed, int]:

@@ -197,9 +197,9 @@ def test_plain_requests_get_the_same_answer_as_fully_checked_ones(client: TestCl
 
 
 def raw_values(values: list[Any], datatype: str) -> bytes:
-    """Triton's binary layout: little-endian numbers, or each string as a 4-byte length and its bytes."""
-    if datatype != "BYTES":
-        return struct.pack(f"<{len(values)}{'f' if datatype == 'FP32' else 'q'}", *values)
+    """Triton's binary layout: little-endian FP32, or each string as a 4-byte length and its bytes."""
+    if datatype == "FP32":
+        return struct.pack(f"<{len(values)}f", *values)
     encoded = [value if isinstance(value, bytes) else value.encode() for value in values]
     return b"".join(struct.pack("<I", len(raw)) + raw for raw in encoded)
 
@@ -209,7 +209,7 @@ def binary_infer(
 ) -> Any:
     """POST input name -> raw bytes as a binary-data request; `checked` adds a tensor parameter, which sends
     it through the full parse."""
-    datatypes = {"island": "BYTES", "sex": "BYTES", "age": "FP32"}
+    datatypes = {"island": "BYTES", "sex": "BYTES"}  # every other input here is FP32
     extra: dict[str, Any] = {"note": "checked"} if checked else {}
     inputs: list[dict[str, Any]] = [
         {"name": name, "datatype": datatypes.get(name, "FP32"), "shape": [rows, 1],
