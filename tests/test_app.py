@@ -226,10 +226,15 @@ def penguin_binary(**changes: bytes) -> dict[str, bytes]:
     return {**raw, **changes}
 
 
-# Binary requests near the edge of what the plain parse takes, and past it.
+def penguin_binary_rows(rows: int, **changes: bytes) -> dict[str, bytes]:
+    return {**{name: chunk * rows for name, chunk in penguin_binary().items()}, **changes}
+
+
+# Binary requests near the edge of what the plain parse takes, and past it (small tensors unpack into
+# lists, larger ones are viewed in place).
 EDGE_BINARY = [
     pytest.param(penguin_binary(), 1, id="plain"),
-    pytest.param({name: chunk * 3 for name, chunk in penguin_binary().items()}, 3, id="three-rows"),
+    pytest.param(penguin_binary_rows(3), 3, id="three-rows"),
     pytest.param(penguin_binary(bill_length_mm=raw_values([math.nan], "FP32")), 1, id="nan-is-missing"),
     pytest.param(penguin_binary(bill_length_mm=raw_values([math.inf], "FP32")), 1, id="infinity"),
     pytest.param(penguin_binary(island=raw_values(["Dréam"], "BYTES")), 1, id="non-ascii-string"),
@@ -242,7 +247,12 @@ EDGE_BINARY = [
     pytest.param(penguin_binary(island=b""), 1, id="no-string"),
     pytest.param(penguin_binary(body_mass_g=b"\x00\x00\x80"), 1, id="fp32-short"),
     pytest.param(penguin_binary(body_mass_g=raw_values([3800.0, 1.0], "FP32")), 1, id="fp32-long"),
-]
+    pytest.param(penguin_binary(body_mass_g=raw_values([-math.inf], "FP32")), 1, id="negative-infinity"),
+    pytest.param(penguin_binary(body_mass_g=raw_values([3.4028234663852886e38], "FP32")), 1, id="largest-fp32"),
+    pytest.param(penguin_binary_rows(65), 65, id="rows-past-small-tensors"),
+    pytest.param(penguin_binary_rows(65, bill_length_mm=raw_values([39.1] * 64 + [math.nan], "FP32")), 65, id="nan-in-a-large-tensor"),
+    pytest.param(penguin_binary_rows(65, bill_length_mm=raw_values([39.1] * 64 + [math.inf], "FP32")), 65, id="infinity-in-a-large-tensor"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("raw", "rows"), EDGE_BINARY)
