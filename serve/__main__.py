@@ -15,7 +15,7 @@ import click
 import uvicorn
 
 from serve.app import Lifecycle, create_app
-from serve.http import HeaderTimeoutProtocol
+from serve.http import ServeHttpProtocol
 from serve.settings import Settings
 
 logger = logging.getLogger("tabserve")
@@ -47,7 +47,7 @@ class DrainingServer(uvicorn.Server):
 def app_from_environment() -> Any:
     """The app factory each worker process calls when --workers > 1 (settings arrive as SERVE_* variables)."""
     settings = Settings.from_env(os.environ)
-    HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
+    ServeHttpProtocol.header_timeout_s = settings.header_timeout_s
     return create_app(settings)
 
 
@@ -87,11 +87,11 @@ def main(**options: Any) -> None:
         raise click.UsageError(str(exc)) from exc
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = size_workers(settings)
-    HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
+    ServeHttpProtocol.header_timeout_s = settings.header_timeout_s
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "http": HeaderTimeoutProtocol,
+        "http": ServeHttpProtocol,
         "lifespan": "on",
         "access_log": False,
         # tabserve reads neither the client's address nor the URL scheme, so uvicorn's X-Forwarded-*

@@ -1,0 +1,150 @@
+"""tabserve's HTTP protocol: a response leaves in one write, and nothing that must go out is held back.
+
+The write-counting tests drive uvicorn's real protocol code over a transport that records each write
+call (one call is one send() system call on a real socket); the last test checks the same cases
+against a real server on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from serve.http import ServeHttpProtocol
+
+POST = b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.writes.append(b"".join(list_of_data))  # one call: one gathered system call on a socket
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def exchange(app: Any, *chunks: bytes) -> RecordingTransport:
+    """Feed `chunks` to a connection served by `app`, letting the app run after each; return the transport."""
+    server_state = ServerState()
+    protocol = ServeHttpProtocol(config=Config(app, log_level="critical"), server_state=server_state, app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    for chunk in chunks:
+        protocol.data_received(chunk)
+        for _ in range(20):  # let the request's task (and a pipelined next one) run to completion
+            await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    return transport
+
+
+async def small_json(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"11")]})
+    await send({"type": "http.response.body", "body": b'{"ok":true}'})
+
+
+async def streamed(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"first", "more_body": True})
+    await send({"type": "http.response.body", "body": b"second"})
+
+
+async def fails_after_start(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+    raise RuntimeError("the app broke mid-response")
+
+
+def test_a_small_response_is_one_write() -> None:
+    transport = asyncio.run(exchange(small_json, POST))
+    assert len(transport.writes) == 1
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and transport.writes[0].endswith(
+        b'\r\n\r\n{"ok":true}'
+    )
+
+
+def test_pipelined_requests_get_one_write_each_in_order() -> None:
+    transport = asyncio.run(exchange(small_json, POST + POST.replace(b"/infer", b"/second")))
+    assert len(transport.writes) == 2 and all(write.endswith(b'{"ok":true}') for write in transport.writes)
+
+
+def test_a_streamed_response_sends_its_headers_with_the_first_chunk() -> None:
+    transport = asyncio.run(exchange(streamed, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert len(transport.writes) == 2
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK") and transport.writes[0].endswith(b"5\r\nfirst\r\n")
+    assert transport.writes[1] == b"6\r\nsecond\r\n0\r\n\r\n"
+
+
+def test_a_head_response_is_not_held_for_a_body_it_never_has() -> None:
+    transport = asyncio.run(exchange(small_json, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+    assert transport.writes[0].endswith(b"\r\n\r\n")
+
+
+def test_100_continue_goes_out_before_the_body_arrives() -> None:
+    headers = b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    transport = asyncio.run(exchange(small_json, headers, b"{}"))
+    assert transport.writes[0] == b"HTTP/1.1 100 Continue\r\n\r\n"
+    # Not coalesced: clients ask for a 100 Continue before large uploads, where a write is noise.
+    assert b"".join(transport.writes[1:]) == b'HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{"ok":true}'
+
+
+def test_a_response_that_fails_after_its_start_still_shows_its_status_then_closes() -> None:
+    transport = asyncio.run(exchange(fails_after_start, POST))
+    assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+    assert transport.closed
+
+
+@pytest.mark.slow
+def test_real_server_answers_head_100_continue_and_pipelined_requests(server_url: str) -> None:
+    host, port = server_url.removeprefix("http://").split(":")
+    body = b'{"age": 35}'
+    predict = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % len(body)
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        reader = connection.makefile("rb")
+
+        def head() -> tuple[bytes, int]:
+            """The status line and Content-Length of the next response (a timeout or EOF fails the test)."""
+            status, length = reader.readline(), 0
+            while (line := reader.readline()) != b"\r\n":
+                assert line, f"the connection closed inside a response that began {status!r}"
+                name, _, value = line.partition(b":")
+                length = int(value) if name.lower() == b"content-length" else length
+            return status, length
+
+        def response() -> tuple[bytes, bytes]:
+            status, length = head()
+            return status, reader.read(length)
+
+        connection.sendall(b"HEAD /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head()[0] == b"HTTP/1.1 200 OK\r\n"  # headers only: a HEAD response has no body
+        connection.sendall(predict + b"Expect: 100-continue\r\n\r\n")
+        assert reader.readline() == b"HTTP/1.1 100 Continue\r\n" and reader.readline() == b"\r\n"
+        connection.sendall(body)
+        assert response() == (b"HTTP/1.1 200 OK\r\n", b'{"predicted_weight":75.0}')
+        connection.sendall((predict + b"\r\n" + body) * 2)
+        assert [response() for _ in range(2)] == [(b"HTTP/1.1 200 OK\r\n", b'{"predicted_weight":75.0}')] * 2
