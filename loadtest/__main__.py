@@ -96,7 +96,7 @@ def run(scenario: str, budgets: Path, host: str | None, serve_dir: Path | None, 
 )
 @click.option("--example", default="penguins", show_default=True, help="Model to benchmark (an example name).")
 @click.option("--loads", default="1,8,64", show_default=True, help="Connection counts.")
-@click.option("--reps", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--reps", type=click.IntRange(1, 20), default=5, show_default=True)
 @click.option(
     "--duration", "duration_s", type=click.IntRange(1, 120), default=5, show_default=True, help="Seconds per cell."
 )
