@@ -147,17 +147,23 @@ def steal_ticks() -> tuple[int, int]:
     return values[7], sum(values)
 
 
+TABSERVE_VARIANTS: dict[str, dict[str, str]] = {"tabserve": {}, "tabserve-nobatch": {"SERVE_MAX_BATCH_SIZE": "1"}}
+
+
 @contextlib.contextmanager
-def systems(model_dir: Path, example: str) -> Iterator[dict[str, tuple[str, int]]]:
-    """Start every server (all pinned to core 0); yield name -> (base URL, pid)."""
+def systems(model_dir: Path, example: str, rep: int = 0) -> Iterator[dict[str, tuple[str, int]]]:
+    """Start every server (all pinned to core 0); yield name -> (base URL, pid).
+
+    The two tabserve variants start in turn first: the first one started was the slower by 1-2 % in a
+    cell where both take the same path (two identical servers gave 0.95-1.01, median 0.99, in that
+    order), so a fixed order would have charged that to batching.
+    """
     env = clean_env({"OMP_NUM_THREADS": "1"})
-    commands = {
-        "tabserve": (tabserve_command, {}),
-        "tabserve-nobatch": (tabserve_command, {"SERVE_MAX_BATCH_SIZE": "1"}),
-    }
+    variants = list(TABSERVE_VARIANTS.items())
+    variants = variants[rep % len(variants) :] + variants[: rep % len(variants)]
     with contextlib.ExitStack() as stack:
         started: dict[str, tuple[str, int]] = {}
-        for name, (_, extra) in commands.items():
+        for name, extra in variants:
             port = free_port()
             command = pinned(0, tabserve_command(model_dir, port, "--log-level", "warning"))
             process = stack.enter_context(
@@ -293,7 +299,7 @@ def run_benchmark(
         # New processes every repetition. Two processes running the same code differed by up to 4 %
         # (1462 vs 1516 req/s, 100-row JSON, 1 connection), which decided comparisons where batching on
         # and off take the same path; fresh ones let that luck average out over the repetitions.
-        with systems(model_dir, example) as started:
+        with systems(model_dir, example, rep) as started:
             if payloads is None:
                 payloads = draw_payloads(started["tabserve"][0], example)
             model, batches, bodies = payloads
