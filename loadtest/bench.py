@@ -302,7 +302,7 @@ def run_benchmark(
         with systems(model_dir, example, rep) as started:
             if payloads is None:
                 payloads = draw_payloads(started["tabserve"][0], example)
-            model, batches, bodies = payloads
+            bodies = payloads[2]
             for payload_name, (rows, _) in PAYLOADS.items():
                 for connections in loads:
                     order = SYSTEMS_BY_PAYLOAD[payload_name]

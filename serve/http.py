@@ -8,7 +8,7 @@ protocol, passed through uvicorn's public `http=` option, closes such a connecti
 uvicorn writes a response's status line and headers when the app sends `http.response.start`, and its
 body when the app sends `http.response.body`: two send() system calls for every response. Measured with
 wrk at 64 connections on 1-row inference requests, holding the header block back and writing it with the
-first body bytes took the server from ~56 to ~52 us of CPU per request. aiohttp coalesces its responses
+first body bytes took the server from ~56 to ~50-52 us of CPU per request. aiohttp coalesces its responses
 the same way (aio-libs/aiohttp#10991).
 """
 
