@@ -1,17 +1,23 @@
 """The HTTP ceiling: Starlette on the same uvicorn stack, parsing the same JSON and returning a constant.
 
-Run as `uvicorn loadtest.bare:app --loop uvloop --http httptools --no-proxy-headers` (tabserve's
-options); a binary body's JSON header is parsed the same way tabserve parses it, so the comparison is
-the protocol layer minus the model and batching.
+Run as `python -m loadtest.bare --port N`: uvicorn with tabserve's options and tabserve's HTTP protocol
+(one write per response), so the ceiling gets every HTTP saving tabserve makes. A binary body's JSON
+header is parsed the same way tabserve parses it, so the comparison is the protocol layer minus the
+model and batching.
 """
 
 from __future__ import annotations
 
+import argparse
+
 import orjson
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from serve.http import ServeHttpProtocol
 
 CONSTANT = orjson.dumps(
     {"model_name": "bare", "outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [0.0]}]}
@@ -32,3 +38,11 @@ async def ready(request: Request) -> Response:
 app = Starlette(
     routes=[Route("/v2/models/{model_name}/infer", infer, methods=["POST"]), Route("/v2/health/ready", ready)]
 )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    port = parser.parse_args().port
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http=ServeHttpProtocol, access_log=False,
+                proxy_headers=False, log_level="warning")  # fmt: skip

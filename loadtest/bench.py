@@ -171,8 +171,7 @@ def systems(model_dir: Path, example: str, rep: int = 0) -> Iterator[dict[str, t
             )
             started[name] = (f"http://127.0.0.1:{port}", process.pid)
         port = free_port()
-        bare = [sys.executable, "-m", "uvicorn", "loadtest.bare:app", "--port", str(port), "--loop", "uvloop",
-                "--http", "httptools", "--no-access-log", "--no-proxy-headers", "--log-level", "warning"]  # fmt: skip
+        bare = [sys.executable, "-m", "loadtest.bare", "--port", str(port)]
         process = stack.enter_context(server_process(pinned(0, bare), f"http://127.0.0.1:{port}/v2/health/ready", env))
         started["bare"] = (f"http://127.0.0.1:{port}", process.pid)
         port = free_port()

@@ -51,7 +51,7 @@ class Settings:
     max_batch_delay_ms: float = 0.0
     """Wait this long for a full batch, even when idle (Triton's max_queue_delay); 0 = never."""
     adaptive_batch_wait_ms: float = 0.5
-    """Under sustained load only, wait up to this long for as many requests as the last batch had."""
+    """Under sustained load only, wait up to this long for a full batch (max_batch_size rows)."""
     max_queue_size: int = 1024
     """Requests waiting per model version; beyond it new ones get 503 + Retry-After at once."""
     inline_batch_rows: int = 256
