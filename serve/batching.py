@@ -273,7 +273,7 @@ class MicroBatcher:
         skipped: list[_Item] = []
         while self._queue:
             item = self._queue[0]
-            if item.future.done():  # cancelled: the client left or its deadline passed while waiting
+            if item.future.done():  # its client left, or its deadline passed while it waited
                 self._queued_rows -= self._queue.popleft().rows
                 continue
             if item.deadline <= now:

@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with two changes: a header timeout, and one write per small response.
+"""uvicorn's httptools protocol with three changes: a header timeout, one write per small response, and
+a way for the app to hear at once that a request's client has gone.
 
 uvicorn closes idle keep-alive connections but sets no timer while a request's headers arrive: a
 client that connects and trickles (or never sends) headers keeps its connection forever. This
@@ -10,17 +11,25 @@ body when the app sends `http.response.body`: two send() system calls for every 
 wrk at 64 connections on 1-row inference requests, holding the header block back and writing it with the
 first body bytes took the server from ~56 to ~50-52 us of CPU per request. aiohttp coalesces its responses
 the same way (aio-libs/aiohttp#10991).
+
+An ASGI app learns of a disconnect only by awaiting `receive()`, which for a request waiting in a batch
+queue means a watcher task per request (measured: ~40 us of CPU each, 8 % of a 100-row request). The
+protocol instead offers the app `scope[ON_DISCONNECT](callback)`: a list append, called back from
+`connection_lost`, so every queued request can be dropped when its client leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+ON_DISCONNECT = "tabserve.on_disconnect"
+"""Scope key: `register(callback)`; the callback runs if the client leaves before the response is complete."""
 
 
 class ServeHttpProtocol(HttpToolsProtocol):
@@ -32,6 +41,8 @@ class ServeHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._awaiting_headers_since: float | None = None
+        self._on_disconnect: list[Callable[[], object]] = []
+        self._lost = False
 
     # Requests only note the time: one timer per connection, re-armed when it fires, instead of a
     # timer set and cancelled per request (~1 us each on the hot path).
@@ -58,12 +69,29 @@ class ServeHttpProtocol(HttpToolsProtocol):
             and not cycle.waiting_for_100_continue
         ):
             cycle.transport = HeldHeaders(self.transport)  # type: ignore[assignment]
+        if cycle is not None and cycle is not previous:
+            cycle.scope[ON_DISCONNECT] = self._when_disconnected  # type: ignore[literal-required]
+
+    def _when_disconnected(self, callback: Callable[[], object]) -> None:
+        if self._lost:  # gone before the app asked
+            callback()
+        else:
+            self._on_disconnect.append(callback)
+
+    def on_response_complete(self) -> None:
+        # Before super(): that may start a pipelined request, whose callbacks are its own.
+        self._on_disconnect.clear()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        self._lost = True
         super().connection_lost(exc)
+        callbacks, self._on_disconnect = self._on_disconnect, []
+        for callback in callbacks:
+            callback()
 
     def _check_headers(self) -> None:
         since, now = self._awaiting_headers_since, self.loop.time()

@@ -25,6 +25,7 @@ from serve.batching import Inputs, Outputs
 from serve.body import read_body
 from serve.cache import MAX_CACHED_ROWS, ResponseCache, canonical_key
 from serve.errors import ServeError
+from serve.http import ON_DISCONNECT
 from serve.metrics import UNRESOLVED
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
@@ -121,7 +122,7 @@ async def _infer(scope: Scope, receive: Receive) -> Reply:
     length = headers.get(binary.HEADER)
     header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
     parsed = protocol.parse_infer_request(protocol.parse_json(header), entry.model, tail, settings.max_request_rows)
-    outputs = await score(scope, receive, settings, entry, parsed.feed, parsed.rows, parsed.timeout_s)
+    outputs = await score(scope, settings, entry, parsed.feed, parsed.rows, parsed.timeout_s)
     scope["tabserve.batch_rows"] = outputs.batch_rows
     content, header_length = protocol.render_infer_response(entry.model, parsed, outputs)
     if header_length is None:
@@ -138,7 +139,7 @@ async def _predict_records(scope: Scope, receive: Receive) -> Reply:
         await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
     )
     feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
-    outputs = await score(scope, receive, settings, entry, feed, rows, None)
+    outputs = await score(scope, settings, entry, feed, rows, None)
     scope["tabserve.batch_rows"] = outputs.batch_rows
     return 200, _dumps(records.render_predictions(entry.model, outputs)), [(b"content-type", JSON)]
 
@@ -151,7 +152,7 @@ async def _predict_seed(scope: Scope, receive: Receive) -> Reply:
         await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
     )
     feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
-    outputs = await score(scope, receive, settings, entry, feed, rows, None)
+    outputs = await score(scope, settings, entry, feed, rows, None)
     scope["tabserve.batch_rows"] = outputs.batch_rows
     predictions = records.render_predictions(entry.model, outputs)
     values = [item["label"] if isinstance(item, dict) else item for item in predictions["predictions"]]
@@ -166,7 +167,6 @@ predict_seed = InferenceEndpoint(_predict_seed)
 
 def score(
     scope: Scope,
-    receive: Receive,
     settings: Settings,
     entry: ModelEntry,
     feed: Inputs,
@@ -181,7 +181,7 @@ def score(
     scope["tabserve.rows"] = rows
     cache: ResponseCache | None = scope["state"]["cache"]
     if cache is None or rows > MAX_CACHED_ROWS:
-        return _submit(receive, settings, entry, feed, rows, timeout_s)
+        return _submit(scope, settings, entry, feed, rows, timeout_s)
     key = canonical_key(entry.model.identity, entry.model.signature, feed)
     found = cache.get(key)
     entry.metrics.parent.cache.labels("hit" if found is not None else "miss").inc()
@@ -189,46 +189,32 @@ def score(
         answered: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         answered.set_result(found)
         return answered
-    future = _submit(receive, settings, entry, feed, rows, timeout_s)
+    future = _submit(scope, settings, entry, feed, rows, timeout_s)
     future.add_done_callback(functools.partial(_keep, cache, key, rows))
     return future
 
 
 def _submit(
-    receive: Receive, settings: Settings, entry: ModelEntry, feed: Inputs, rows: int, timeout_s: float | None
+    scope: Scope, settings: Settings, entry: ModelEntry, feed: Inputs, rows: int, timeout_s: float | None
 ) -> asyncio.Future[Outputs]:
     budget = settings.request_timeout_s if timeout_s is None else min(timeout_s, settings.request_timeout_s)
-    # Watch the connection only when the wait will outlast the next batch: a watcher task per request
-    # costs more than a small model's share of a batch.
-    watch = entry.batcher.depth >= settings.max_batch_size
     deadline = asyncio.get_running_loop().time() + budget
     future = entry.batcher.submit(feed, rows, deadline, entry.model.signature)  # it enforces the deadline
-    return asyncio.ensure_future(_unless_disconnected(receive, future)) if watch else future
+    on_disconnect = scope.get(ON_DISCONNECT)
+    if on_disconnect is not None:  # tabserve's own HTTP protocol; under another server, abandoned requests run
+        on_disconnect(functools.partial(_abandon, future))
+    return future
+
+
+def _abandon(future: asyncio.Future[Outputs]) -> None:
+    """The client left: the batcher skips a request that is done, so it never runs."""
+    if not future.done():
+        future.set_exception(ClientDisconnectedError("the client closed the connection before its request ran"))
 
 
 def _keep(cache: ResponseCache, key: bytes, rows: int, future: asyncio.Future[Outputs]) -> None:
     if not future.cancelled() and future.exception() is None:
         cache.put(key, future.result(), rows)
-
-
-async def _unless_disconnected(receive: Receive, future: asyncio.Future[Outputs]) -> Outputs:
-    watcher: asyncio.Future[None] = asyncio.ensure_future(_disconnected(receive))
-    try:
-        waiting: set[asyncio.Future[Any]] = {future, watcher}
-        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if future in done:
-            return future.result()
-        future.cancel()  # the batcher drops it before running
-        raise ClientDisconnectedError("the client closed the connection before its request ran")
-    finally:
-        watcher.cancel()
-        if not future.done():
-            future.cancel()
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def _dumps(content: Any) -> bytes:

@@ -1,4 +1,5 @@
-"""tabserve's HTTP protocol: a response leaves in one write, and nothing that must go out is held back.
+"""tabserve's HTTP protocol: a response leaves in one write, nothing that must go out is held back, and
+the app hears at once when a client leaves before its answer.
 
 The write-counting tests drive uvicorn's real protocol code over a transport that records each write
 call (one call is one send() system call on a real socket); the last test checks the same cases
@@ -15,7 +16,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from serve.http import ServeHttpProtocol
+from serve.http import ON_DISCONNECT, ServeHttpProtocol
 
 POST = b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -49,17 +50,23 @@ class RecordingTransport(asyncio.Transport):
 
 
 async def exchange(app: Any, *chunks: bytes) -> RecordingTransport:
-    """Feed `chunks` to a connection served by `app`, letting the app run after each; return the transport."""
+    """Feed `chunks` to a connection served by `app`, letting the app run after each, then close the
+    connection and let the app run again; return the transport."""
     server_state = ServerState()
     protocol = ServeHttpProtocol(config=Config(app, log_level="critical"), server_state=server_state, app_state={})
     transport = RecordingTransport()
     protocol.connection_made(transport)
     for chunk in chunks:
         protocol.data_received(chunk)
-        for _ in range(20):  # let the request's task (and a pipelined next one) run to completion
-            await asyncio.sleep(0)
+        await settle()
     protocol.connection_lost(None)
+    await settle()
     return transport
+
+
+async def settle() -> None:
+    for _ in range(20):  # let the request's task (and a pipelined next one) run as far as it can
+        await asyncio.sleep(0)
 
 
 async def small_json(scope: Any, receive: Any, send: Any) -> None:
@@ -117,6 +124,51 @@ def test_a_response_that_fails_after_its_start_still_shows_its_status_then_close
     transport = asyncio.run(exchange(fails_after_start, POST))
     assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
     assert transport.closed
+
+
+class Abandonment:
+    """An app whose requests register for the client's departure; those to /answer are answered, the
+    others wait for an answer that never comes, or register only after a pause."""
+
+    def __init__(self) -> None:
+        self.gone: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        path = scope["path"]
+        if path == "/late":
+            await asyncio.sleep(0.05)  # the client leaves meanwhile
+        scope[ON_DISCONNECT](lambda: self.gone.append(path))
+        if path == "/answer":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"{}"})
+        else:
+            await asyncio.Event().wait()
+
+
+def test_a_client_that_leaves_before_its_answer_is_heard_of_once() -> None:
+    app = Abandonment()
+    asyncio.run(exchange(app, POST.replace(b"/infer", b"/wait")))
+    assert app.gone == ["/wait"]
+
+
+def test_answered_requests_are_forgotten_and_a_pipelined_one_keeps_its_callback() -> None:
+    app = Abandonment()
+    answered = POST.replace(b"/infer", b"/answer")
+    transport = asyncio.run(exchange(app, answered * 3 + POST.replace(b"/infer", b"/wait")))
+    assert len(transport.writes) == 3
+    assert app.gone == ["/wait"]  # not the three answered before the connection closed
+
+
+def test_a_request_that_registers_after_its_client_left_is_told_at_once() -> None:
+    app = Abandonment()
+
+    async def run() -> None:
+        await exchange(app, POST.replace(b"/infer", b"/late"))
+        await asyncio.sleep(0.1)  # the app registers now, on a connection already lost
+
+    asyncio.run(run())
+    assert app.gone == ["/late"]
 
 
 @pytest.mark.slow
