@@ -46,12 +46,12 @@ class Settings:
     default_model: str = "age-weight"
     """The model behind the seed article's POST /predict."""
 
-    max_batch_size: int = 64
+    max_batch_size: int = 256
     """Rows per onnxruntime call; a request with more rows runs alone."""
     max_batch_delay_ms: float = 0.0
     """Wait this long for a full batch, even when idle (Triton's max_queue_delay); 0 = never."""
     adaptive_batch_wait_ms: float = 0.5
-    """Under sustained load only, wait up to this long for a full batch (max_batch_size rows)."""
+    """Under sustained load only, wait up to this long for max_batch_size rows or a wave of requests (README)."""
     max_queue_size: int = 1024
     """Requests waiting per model version; beyond it new ones get 503 + Retry-After at once."""
     inline_batch_rows: int = 256

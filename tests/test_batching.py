@@ -308,18 +308,41 @@ def test_adaptive_wait_gathers_a_full_batch_under_sustained_load_and_stops_when_
     async def scenario() -> float:
         loop = asyncio.get_running_loop()
         async with MicroBatcher(model.run, max_batch_size=3, adaptive_wait_ms=5000) as batcher:
-            await asyncio.gather(batcher.submit(rows(1), 1, FAR), batcher.submit(rows(2), 1, FAR))
+            await asyncio.gather(*(batcher.submit(rows(value), 1, FAR) for value in (1, 2, 3)))  # a wave of 3
             started = loop.time()
-            waves = [batcher.submit(rows(3), 1, FAR)]
-            for value in (4, 5):
-                await asyncio.sleep(0.05)  # the rest of the wave trickles in
-                waves.append(batcher.submit(rows(value), 1, FAR))
+            waves = [batcher.submit(rows(4, 5), 2, FAR)]
+            await asyncio.sleep(0.05)  # the rest trickles in
+            waves.append(batcher.submit(rows(6), 1, FAR))
             await asyncio.gather(*waves)
             return loop.time() - started
 
     elapsed = run(scenario)
-    assert model.batches == [[1.0, 2.0], [3.0, 4.0, 5.0]]
-    assert elapsed < 1.0, "the wait ends when the batch is full, not after adaptive_wait_ms"
+    assert model.batches == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    assert 0.04 < elapsed < 1.0, "the wait ends when the batch is full (3 rows, 2 requests), not after the bound"
+
+
+def test_adaptive_wait_stops_when_a_wave_as_large_as_the_recent_batches_has_come() -> None:
+    """Fewer clients than max_batch_size rows: the wait ends when the wave is in, not after the bound."""
+    model = FakeModel()
+
+    async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        async with MicroBatcher(model.run, max_batch_size=1000, adaptive_wait_ms=1000) as batcher:
+            await asyncio.gather(*(batcher.submit(rows(value), 1, FAR) for value in (1, 2, 3)))
+            started = loop.time()
+            wave = [batcher.submit(rows(4), 1, FAR)]
+            await asyncio.sleep(0.05)  # the wave is cut: the rest of it comes later
+            wave += [batcher.submit(rows(5), 1, FAR), batcher.submit(rows(6), 1, FAR)]
+            await asyncio.gather(*wave)
+            whole = loop.time() - started
+            started = loop.time()
+            await asyncio.gather(batcher.submit(rows(7), 1, FAR), batcher.submit(rows(8), 1, FAR))
+            return whole, loop.time() - started  # two of a wave of three: they wait out the bound
+
+    whole, short = run(scenario)
+    assert model.batches == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0]]
+    assert 0.04 < whole < 0.5, "the wait ends when three requests (the largest recent batch) are queued"
+    assert short > 0.9, "a wave smaller than the recent batches waits for the rest, up to adaptive_wait_ms"
 
 
 def test_adaptive_wait_is_bounded_and_skipped_after_a_pause() -> None:
