@@ -95,9 +95,9 @@ PAYLOADS: dict[str, tuple[int, bool]] = {"1-row json": (1, False), "100-row json
                                          "1-row binary": (1, True), "100-row binary": (100, True)}  # fmt: skip
 SYSTEMS_BY_PAYLOAD: dict[str, list[str]] = {
     "1-row json": ["tabserve", "tabserve-nobatch", "bare", "flask"],
-    "100-row json": ["tabserve", "tabserve-nobatch", "bare", "flask"],
+    "100-row json": ["tabserve", "tabserve-nobatch", "tabserve-twin", "bare", "flask"],
     "1-row binary": ["tabserve", "tabserve-nobatch"],
-    "100-row binary": ["tabserve", "tabserve-nobatch"],
+    "100-row binary": ["tabserve", "tabserve-nobatch", "tabserve-twin"],
 }
 
 
@@ -147,7 +147,14 @@ def steal_ticks() -> tuple[int, int]:
     return values[7], sum(values)
 
 
-TABSERVE_VARIANTS: dict[str, dict[str, str]] = {"tabserve": {}, "tabserve-nobatch": {"SERVE_MAX_BATCH_SIZE": "1"}}
+TABSERVE_VARIANTS: dict[str, dict[str, str]] = {
+    "tabserve": {},
+    "tabserve-nobatch": {"SERVE_MAX_BATCH_SIZE": "1"},
+    "tabserve-twin": {},
+}
+ONLY_AT: dict[str, int] = {"tabserve-twin": 1}
+"""The twin is tabserve again, an A/A control: at one connection batching on and off run the same path
+(no second request to batch with), so their ratio can differ from 1 only as two identical servers do."""
 
 
 @contextlib.contextmanager
@@ -307,6 +314,8 @@ def run_benchmark(
                     order = SYSTEMS_BY_PAYLOAD[payload_name]
                     order = order[rep % len(order) :] + order[: rep % len(order)]  # rotate who goes first
                     for system in order:
+                        if ONLY_AT.get(system, connections) != connections:
+                            continue
                         url, pid = started[system]
                         wait_idle([process_id for _, process_id in started.values()])
                         measured = measure(wrk, url, pid, bodies[payload_name], connections, rows, duration_s)
@@ -366,6 +375,11 @@ def summarise(
         medians = {field: statistics.median(run[field] for run in runs) for field in runs[0]}
         cells.append({**cell, **medians, "runs": len(runs)})
 
+    def paired(payload: str, connections: int, system: str, other: str, field: str) -> list[float]:
+        """The ratio in each repetition: both servers started afresh in it, and measured minutes apart."""
+        runs = [raw.get(json.dumps(asdict(Cell(payload, connections, name))), []) for name in (system, other)]
+        return [mine[field] / theirs[field] for mine, theirs in zip(*runs, strict=False) if theirs[field]]
+
     def median_of(payload: str, connections: int, system: str, field: str) -> float:
         for cell in cells:
             if (cell["payload"], cell["connections"], cell["system"]) == (payload, connections, system):
@@ -382,11 +396,20 @@ def summarise(
         "1 conn 1-row json: p50 tabserve - bare, ms (<= 0.15)": median_of("1-row json", 1, "tabserve", "p50_ms")
         - median_of("1-row json", 1, "bare", "p50_ms"),
     }
+    ranges: dict[str, list[float]] = {}
     for payload in ("100-row json", "100-row binary"):
         for connections in loads:
-            ratios[f"{connections} conn {payload}: batching / no batching (>= 1)"] = median_of(
-                payload, connections, "tabserve", "rows_per_s"
-            ) / median_of(payload, connections, "tabserve-nobatch", "rows_per_s")
+            name = f"{connections} conn {payload}: batching / no batching (>= 1)"
+            ratios[name] = median_of(payload, connections, "tabserve", "rows_per_s") / median_of(
+                payload, connections, "tabserve-nobatch", "rows_per_s"
+            )
+            ranges[name] = paired(payload, connections, "tabserve", "tabserve-nobatch", "rows_per_s")
+        for system, connections in ONLY_AT.items():
+            name = f"{connections} conn {payload}: tabserve / {system}, the same server (A/A: the noise)"
+            ratios[name] = median_of(payload, connections, "tabserve", "rows_per_s") / median_of(
+                payload, connections, system, "rows_per_s"
+            )
+            ranges[name] = paired(payload, connections, "tabserve", system, "rows_per_s")
     binary_rows = median_of("100-row binary", top, "tabserve", "rows_per_s")
     ratios[f"{top} conn 100-row binary: rows/s / in-process onnxruntime at 100 (>= 0.5)"] = (
         binary_rows / ceiling["varied"][100]
@@ -394,7 +417,13 @@ def summarise(
     ratios[f"{top} conn 100-row binary: rows/s / in-process onnxruntime, one batch repeated (flattered)"] = (
         binary_rows / ceiling["repeated"][100]
     )
-    return {"cells": cells, "ratios": ratios, "in_process_rows_per_s": ceiling, "generator": generator}
+    return {
+        "cells": cells,
+        "ratios": ratios,
+        "per_repetition": ranges,
+        "in_process_rows_per_s": ceiling,
+        "generator": generator,
+    }
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -408,8 +437,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"{cell['rows_per_s']:.0f} | {cell['p50_ms']:.3f} | {cell['p99_ms']:.3f} | {cell['per_cpu_second']:.0f} | "
             f"{cell['errors']:.0f} |"
         )
-    lines += ["", "| ratio (target) | measured |", "|---|---|"]
-    lines += [f"| {name} | {value:.3f} |" for name, value in report["ratios"].items()]
+    lines += ["", "| ratio (target) | measured | each repetition |", "|---|---|---|"]
+    for name, value in report["ratios"].items():
+        each = report.get("per_repetition", {}).get(name, [])
+        lines.append(f"| {name} | {value:.3f} | {' '.join(f'{ratio:.3f}' for ratio in each)} |")
     ceiling = report["in_process_rows_per_s"]
     generator = report["generator"]
     lines += [
