@@ -232,10 +232,11 @@ class MicroBatcher:
         waves; taking the queue at the first arrival cuts each wave into several batches (measured at
         64 connections: 23 rows per batch and 16.3k requests/s, against 64 rows and 18k requests/s
         when waiting). The wave is as many requests as the largest recent batch: the largest, not the
-        last, so that two halves of a cut wave join again. Waiting for max_batch_size rows instead
-        held every batch for the whole wait whenever fewer clients than rows were sending (8
-        connections of 1-row requests: 13.5k requests/s, capped by the wait). A lone request, or the
-        first after a pause, expects no company and runs at once.
+        last, so that two halves of a cut wave join again. Waiting only for max_batch_size rows would
+        hold every batch for the whole wait whenever fewer clients than that are sending. (uvloop
+        rounds timers to milliseconds, so the default 0.5 ms ends at the loop's next pass; the wave
+        matters on the asyncio loop, which `workers > 1` uses, and for longer waits.) A lone request,
+        or the first after a pause, expects no company and runs at once.
         """
         requests, ended = self._last_batch
         if requests < 2 or loop.time() - ended > SUSTAINED_LOAD_GAP_S or self._gathered_enough():
