@@ -161,7 +161,7 @@ ONLY_AT: dict[str, int] = {"tabserve-twin": 1}
 def systems(model_dir: Path, example: str, rep: int = 0) -> Iterator[dict[str, tuple[str, int]]]:
     """Start every server (all pinned to core 0); yield name -> (base URL, pid).
 
-    The two tabserve variants start in turn first: the first one started was the slower by 1-2 % in a
+    The tabserve variants take turns starting first: the first one started was the slower by 1-2 % in a
     cell where both take the same path (two identical servers gave 0.95-1.01, median 0.99, in that
     order), so a fixed order would have charged that to batching.
     """
@@ -397,10 +397,14 @@ def summarise(
         medians = {field: statistics.median(run[field] for run in runs) for field in runs[0]}
         cells.append({**cell, **medians, "runs": len(runs)})
 
+    def runs_of(payload: str, connections: int, system: str) -> list[dict[str, Any]]:
+        """One measurement per repetition, in order."""
+        return raw.get(json.dumps(asdict(Cell(payload, connections, system))), [])
+
     def paired(payload: str, connections: int, system: str, other: str, field: str) -> list[float]:
-        """The ratio in each repetition: both servers started afresh in it, and measured minutes apart."""
-        runs = [raw.get(json.dumps(asdict(Cell(payload, connections, name))), []) for name in (system, other)]
-        return [mine[field] / theirs[field] for mine, theirs in zip(*runs, strict=False) if theirs[field]]
+        """The ratio in each repetition: both servers started afresh in it, measured seconds apart."""
+        runs = zip(runs_of(payload, connections, system), runs_of(payload, connections, other), strict=False)
+        return [mine[field] / theirs[field] for mine, theirs in runs if theirs[field]]
 
     def median_of(payload: str, connections: int, system: str, field: str) -> float:
         for cell in cells:
@@ -435,7 +439,7 @@ def summarise(
     binary_rows = median_of("100-row binary", top, "tabserve", "rows_per_s")
     name = f"{top} conn 100-row binary: rows/s / in-process onnxruntime at 100 (>= 0.5)"
     ratios[name] = binary_rows / ceiling["varied"][100]
-    served = raw.get(json.dumps(asdict(Cell("100-row binary", top, "tabserve"))), [])
+    served = runs_of("100-row binary", top, "tabserve")
     ranges[name] = [run["rows_per_s"] / each["varied"][100] for run, each in zip(served, ceilings, strict=False)]
     ratios[f"{top} conn 100-row binary: rows/s / in-process onnxruntime, one batch repeated (flattered)"] = (
         binary_rows / ceiling["repeated"][100]

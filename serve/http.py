@@ -60,17 +60,13 @@ class ServeHttpProtocol(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
+        if cycle is None or cycle is previous:  # a WebSocket upgrade, which hands the connection over
+            return
+        cycle.scope[ON_DISCONNECT] = self._when_disconnected  # type: ignore[literal-required]
         # Every response writes body bytes after its header block (b"" when empty) except a HEAD
         # response, which has none; a 100 Continue is written before the response and must not wait.
-        if (
-            cycle is not None
-            and cycle is not previous  # not a WebSocket upgrade, which hands the connection over
-            and cycle.scope["method"] != "HEAD"
-            and not cycle.waiting_for_100_continue
-        ):
+        if cycle.scope["method"] != "HEAD" and not cycle.waiting_for_100_continue:
             cycle.transport = HeldHeaders(self.transport)  # type: ignore[assignment]
-        if cycle is not None and cycle is not previous:
-            cycle.scope[ON_DISCONNECT] = self._when_disconnected  # type: ignore[literal-required]
 
     def _when_disconnected(self, callback: Callable[[], object]) -> None:
         if self._lost:  # gone before the app asked
