@@ -82,6 +82,7 @@ class Measurement:
     p99_ms: float
     errors: int
     server_cpu_s: float
+    thread_cpu_s: float
     steal_share: float
     duration_s: float
 
@@ -90,15 +91,32 @@ class Measurement:
         """Requests per second of server CPU: steadier than requests/s when the hypervisor steals time."""
         return self.requests_per_s * self.duration_s / self.server_cpu_s if self.server_cpu_s else 0.0
 
+    @property
+    def rows_per_thread_cpu_second(self) -> float:
+        return self.rows_per_s * self.duration_s / self.thread_cpu_s if self.thread_cpu_s else 0.0
+
 
 PAYLOADS: dict[str, tuple[int, bool]] = {"1-row json": (1, False), "100-row json": (100, False),
                                          "1-row binary": (1, True), "100-row binary": (100, True)}  # fmt: skip
 SYSTEMS_BY_PAYLOAD: dict[str, list[str]] = {
     "1-row json": ["tabserve", "tabserve-nobatch", "bare", "flask"],
-    "100-row json": ["tabserve", "tabserve-nobatch", "tabserve-twin", "bare", "flask"],
+    "100-row json": ["tabserve", "tabserve-nobatch", "bare", "flask"],
     "1-row binary": ["tabserve", "tabserve-nobatch"],
-    "100-row binary": ["tabserve", "tabserve-nobatch", "tabserve-twin"],
+    "100-row binary": ["tabserve", "tabserve-nobatch"],
 }
+DUELS: dict[str, list[str]] = {
+    "100-row json": ["tabserve-nobatch", "tabserve-twin"],
+    "100-row binary": ["tabserve-nobatch", "tabserve-twin"],
+}
+"""Payload -> whom tabserve meets side by side at every load: batching off, and its twin (A/A).
+
+Side by side, both servers share core 0 at the same time, each loaded by its own wrk: whatever the
+machine does in those seconds (hypervisor steal, a neighbour's cache traffic) it does to both, and the
+scheduler splits the core between them, so the ratio is one of work done per CPU second. Measured one
+after the other, 1-s runs of one server (100-row JSON, one connection) ranged 1030-1430 req/s. Side by
+side, 5 s per duel, tabserve, its twin and batching off (all on one path at one connection) came within
+1.4 % of each other per CPU second in 12 duels out of 12, while their req/s moved from 415 to 710.
+"""
 
 
 def ensure_wrk() -> str:
@@ -124,6 +142,19 @@ def cpu_seconds(pid: int) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(value) for value in fields[11:15]) / ticks
+
+
+def thread_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's live threads, to the nanosecond (schedstat); `cpu_seconds` counts 10-ms ticks.
+
+    A thread that ends takes its time with it, so this is for servers whose threads live as long as they
+    do (tabserve's are its event loop and thread pools), not for Flask's thread per request.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def wait_idle(pids: list[int], timeout_s: float = 20.0) -> float:
@@ -152,9 +183,8 @@ TABSERVE_VARIANTS: dict[str, dict[str, str]] = {
     "tabserve-nobatch": {"SERVE_MAX_BATCH_SIZE": "1"},
     "tabserve-twin": {},
 }
-ONLY_AT: dict[str, int] = {"tabserve-twin": 1}
-"""The twin is tabserve again, an A/A control: at one connection batching on and off run the same path
-(no second request to batch with), so their ratio can differ from 1 only as two identical servers do."""
+"""The twin is tabserve again, an A/A control: tabserve against it shows how far from 1 a ratio between
+two identical servers lands, the noise that any batching on/off ratio carries too."""
 
 
 @contextlib.contextmanager
@@ -188,45 +218,70 @@ def systems(model_dir: Path, example: str, rep: int = 0) -> Iterator[dict[str, t
         yield started
 
 
-def run_wrk(wrk: str, base: str, payloads: list[Any], connections: int, duration_s: int) -> dict[str, Any]:
-    """wrk from core 1, sending `payloads` in turn (all to the same path) for `duration_s`."""
+def wrk_script(folder: Path, payloads: list[Any]) -> Path:
+    """A wrk script in `folder` that sends `payloads` in turn, each built once."""
+    loads = []
+    for index, payload in enumerate(payloads):
+        body_file = folder / f"body-{index}"
+        body_file.write_bytes(payload.body)
+        headers = ", ".join(f'["{key}"] = "{value}"' for key, value in payload.headers.items())
+        loads.append(f'  requests[{index + 1}] = request_from("{body_file}", {{{headers}}})')
+    script = folder / "post.lua"
+    script.write_text(WRK_SCRIPT.format(loads="\n".join(loads)))
+    return script
+
+
+def run_wrks(
+    wrk: str, bases: list[str], payloads: list[Any], connections: int, duration_s: int
+) -> list[dict[str, Any]]:
+    """One wrk per base URL, all started together from core 1, sending `payloads` in turn for `duration_s`."""
     with tempfile.TemporaryDirectory() as folder:
-        loads = []
-        for index, payload in enumerate(payloads):
-            body_file = Path(folder) / f"body-{index}"
-            body_file.write_bytes(payload.body)
-            headers = ", ".join(f'["{key}"] = "{value}"' for key, value in payload.headers.items())
-            loads.append(f'  requests[{index + 1}] = request_from("{body_file}", {{{headers}}})')
-        script = Path(folder) / "post.lua"
-        script.write_text(WRK_SCRIPT.format(loads="\n".join(loads)))
-        url = base + payloads[0].path
-        command = pinned(
-            1, [wrk, "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(script), url]
-        )
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 30, check=True)
-    last = [line for line in completed.stdout.splitlines() if line.startswith("{")][-1]
-    result: dict[str, Any] = json.loads(last)
-    return result
+        script = wrk_script(Path(folder), payloads)
+        commands = [
+            pinned(1, [wrk, "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(script),
+                       base + payloads[0].path])
+            for base in bases
+        ]  # fmt: skip
+        running = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for command in commands]
+        outputs = [process.communicate(timeout=duration_s + 30)[0] for process in running]
+    for command, process in zip(commands, running, strict=True):
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, command)
+    return [json.loads([line for line in out.splitlines() if line.startswith("{")][-1]) for out in outputs]
+
+
+def run_wrk(wrk: str, base: str, payloads: list[Any], connections: int, duration_s: int) -> dict[str, Any]:
+    return run_wrks(wrk, [base], payloads, connections, duration_s)[0]
 
 
 def measure(
-    wrk: str, base: str, pid: int, payloads: list[Any], connections: int, rows: int, duration_s: int
-) -> Measurement:
-    cpu_before, (steal_before, total_before) = cpu_seconds(pid), steal_ticks()
-    result = run_wrk(wrk, base, payloads, connections, duration_s)
-    cpu_after, (steal_after, total_after) = cpu_seconds(pid), steal_ticks()
-    seconds = result["duration_us"] / 1e6
-    good = result["requests"] - result["non2xx"]
-    return Measurement(
-        requests_per_s=good / seconds,
-        rows_per_s=good * rows / seconds,
-        p50_ms=result["p50_us"] / 1000,
-        p99_ms=result["p99_us"] / 1000,
-        errors=result["errors"] + result["non2xx"],
-        server_cpu_s=cpu_after - cpu_before,
-        steal_share=(steal_after - steal_before) / max(total_after - total_before, 1),
-        duration_s=seconds,
-    )
+    wrk: str, servers: list[tuple[str, int]], payloads: list[Any], connections: int, rows: int, duration_s: int
+) -> list[Measurement]:
+    """Load every (base URL, pid) in `servers` at once, each with its own wrk; one measurement each."""
+    pids = [pid for _, pid in servers]
+
+    def cpu() -> list[tuple[float, float]]:
+        return [(cpu_seconds(pid), thread_cpu_seconds(pid)) for pid in pids]
+
+    cpu_before, (steal_before, total_before) = cpu(), steal_ticks()
+    results = run_wrks(wrk, [base for base, _ in servers], payloads, connections, duration_s)
+    cpu_after, (steal_after, total_after) = cpu(), steal_ticks()
+    measurements = []
+    for result, before, after in zip(results, cpu_before, cpu_after, strict=True):
+        seconds = result["duration_us"] / 1e6
+        good = result["requests"] - result["non2xx"]
+        measurements.append(Measurement(
+            requests_per_s=good / seconds,
+            rows_per_s=good * rows / seconds,
+            p50_ms=result["p50_us"] / 1000,
+            p99_ms=result["p99_us"] / 1000,
+            errors=result["errors"] + result["non2xx"],
+            server_cpu_s=after[0] - before[0],
+            thread_cpu_s=after[1] - before[1],
+            steal_share=(steal_after - steal_before) / max(total_after - total_before, 1),
+            duration_s=seconds,
+        ))  # fmt: skip
+    return measurements
 
 
 def row_batches(model_rows: int, rows: int) -> list[list[int]]:
@@ -313,6 +368,8 @@ def run_benchmark(
     wrk = ensure_wrk()
     out.mkdir(parents=True, exist_ok=True)
     raw: dict[str, list[dict[str, Any]]] = {}
+    duels: dict[str, list[float]] = {}
+    """Cell (tabserve's opponent as its system) -> tabserve's rows per CPU second over the opponent's, each rep."""
     payloads: tuple[ModelPayloads, dict[int, list[list[int]]], dict[str, list[Any]]] | None = None
     generator: dict[str, float] = {}
     ceilings: list[dict[str, dict[int, float]]] = []
@@ -329,16 +386,26 @@ def run_benchmark(
                     order = SYSTEMS_BY_PAYLOAD[payload_name]
                     order = order[rep % len(order) :] + order[: rep % len(order)]  # rotate who goes first
                     for system in order:
-                        if ONLY_AT.get(system, connections) != connections:
-                            continue
-                        url, pid = started[system]
                         wait_idle([process_id for _, process_id in started.values()])
-                        measured = measure(wrk, url, pid, bodies[payload_name], connections, rows, duration_s)
+                        (measured,) = measure(wrk, [started[system]], bodies[payload_name], connections, rows,
+                                              duration_s)  # fmt: skip
                         key = json.dumps(asdict(Cell(payload_name, connections, system)))
                         raw.setdefault(key, []).append({**asdict(measured), "per_cpu_second": measured.per_cpu_second})
                         print(f"rep {rep + 1} {payload_name:>14} c={connections:<3} {system:<17} "
                               f"{measured.requests_per_s:9.0f} req/s p50 {measured.p50_ms:7.3f} ms "
                               f"errors {measured.errors} steal {measured.steal_share:.0%}", flush=True)  # fmt: skip
+                    for other in DUELS.get(payload_name, []):
+                        wait_idle([process_id for _, process_id in started.values()])
+                        mine, theirs = measure(wrk, [started["tabserve"], started[other]], bodies[payload_name],
+                                               connections, rows, duration_s)  # fmt: skip
+                        key = json.dumps(asdict(Cell(payload_name, connections, other)))
+                        # Per CPU second: the scheduler's split of the core is fair only on average
+                        # (one 5-s duel gave 2.50 and 2.59 CPU seconds, which moved its ratio 4 %).
+                        ratio = mine.rows_per_thread_cpu_second / theirs.rows_per_thread_cpu_second
+                        duels.setdefault(key, []).append(ratio)
+                        print(f"rep {rep + 1} {payload_name:>14} c={connections:<3} tabserve | {other:<17} "
+                              f"{mine.requests_per_s:6.0f} | {theirs.requests_per_s:6.0f} req/s side by side, "
+                              f"{ratio:.3f} per CPU-s, errors {mine.errors + theirs.errors}", flush=True)  # fmt: skip
             # Every repetition, on the servers' core: measured once at the end, the ceiling met a machine
             # in another mood (one run's servers ran 27 % below the previous run's while its ceiling did not).
             model, batches, _ = payloads
@@ -350,7 +417,7 @@ def run_benchmark(
                 })  # fmt: skip
             if rep == reps - 1:
                 generator = compare_generators(wrk, started["bare"], bodies["1-row json"], duration_s)
-    report = summarise(raw, ceilings, generator)
+    report = summarise(raw, duels, ceilings, generator)
     report["machine"] = machine()
     report["settings"] = {"example": example, "loads": loads, "reps": reps, "duration_s": duration_s}
     (out / "bench.json").write_text(json.dumps(report, indent=2))
@@ -385,7 +452,10 @@ def compare_generators(wrk: str, bare: tuple[str, int], payloads: list[Any], dur
 
 
 def summarise(
-    raw: dict[str, list[dict[str, Any]]], ceilings: list[dict[str, dict[int, float]]], generator: dict[str, float]
+    raw: dict[str, list[dict[str, Any]]],
+    duels: dict[str, list[float]],
+    ceilings: list[dict[str, dict[int, float]]],
+    generator: dict[str, float],
 ) -> dict[str, Any]:
     ceiling = {
         kind: {rows: statistics.median(each[kind][rows] for each in ceilings) for rows in ceilings[0][kind]}
@@ -423,19 +493,23 @@ def summarise(
         - median_of("1-row json", 1, "bare", "p50_ms"),
     }
     ranges: dict[str, list[float]] = {}
+    verdicts: dict[str, str] = {}
     for payload in ("100-row json", "100-row binary"):
         for connections in loads:
-            name = f"{connections} conn {payload}: batching / no batching (>= 1)"
+            name = f"{connections} conn {payload}: batching / no batching, one at a time"
             ratios[name] = median_of(payload, connections, "tabserve", "rows_per_s") / median_of(
                 payload, connections, "tabserve-nobatch", "rows_per_s"
             )
             ranges[name] = paired(payload, connections, "tabserve", "tabserve-nobatch", "rows_per_s")
-        for system, connections in ONLY_AT.items():
-            name = f"{connections} conn {payload}: tabserve / {system}, the same server (A/A: the noise)"
-            ratios[name] = median_of(payload, connections, "tabserve", "rows_per_s") / median_of(
-                payload, connections, system, "rows_per_s"
-            )
-            ranges[name] = paired(payload, connections, "tabserve", system, "rows_per_s")
+            batching = duels.get(json.dumps(asdict(Cell(payload, connections, "tabserve-nobatch"))), [])
+            twin = duels.get(json.dumps(asdict(Cell(payload, connections, "tabserve-twin"))), [])
+            if not (batching and twin):
+                continue
+            name = f"{connections} conn {payload}: batching / no batching, side by side (>= 1)"
+            ratios[name], ranges[name] = statistics.median(batching), batching
+            control = f"{connections} conn {payload}: tabserve / its twin, side by side (A/A: the noise)"
+            ratios[control], ranges[control] = statistics.median(twin), twin
+            verdicts[name] = verdict(batching, twin)
     binary_rows = median_of("100-row binary", top, "tabserve", "rows_per_s")
     name = f"{top} conn 100-row binary: rows/s / in-process onnxruntime at 100 (>= 0.5)"
     ratios[name] = binary_rows / ceiling["varied"][100]
@@ -448,9 +522,28 @@ def summarise(
         "cells": cells,
         "ratios": ratios,
         "per_repetition": ranges,
+        "verdicts": verdicts,
         "in_process_rows_per_s": ceiling,
         "generator": generator,
     }
+
+
+def verdict(batching: list[float], control: list[float]) -> str:
+    """Batching's side-by-side ratios, one per repetition, against the A/A ratios of the same cell.
+
+    A win (or a loss) needs every batching ratio above (below) every ratio between a server and its
+    identical twin; with five of each, that happens by chance with probability 2/252, under 1 %
+    (Mann-Whitney U = 0). Anything less is a tie: the difference is not larger than the noise.
+    """
+    told = (
+        f"{statistics.median(batching):.3f} ({min(batching):.3f}-{max(batching):.3f}) "
+        f"against the A/A range {min(control):.3f}-{max(control):.3f}"
+    )
+    if min(batching) > max(control):
+        return f"wins: {told}"
+    if max(batching) < min(control):
+        return f"loses: {told}"
+    return f"ties: {told}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -468,6 +561,9 @@ def markdown(report: dict[str, Any]) -> str:
     for name, value in report["ratios"].items():
         each = report.get("per_repetition", {}).get(name, [])
         lines.append(f"| {name} | {value:.3f} | {' '.join(f'{ratio:.3f}' for ratio in each)} |")
+    if report.get("verdicts"):
+        lines += ["", "| batching against no batching, side by side | verdict |", "|---|---|"]
+        lines += [f"| {name} | {said} |" for name, said in report["verdicts"].items()]
     ceiling = report["in_process_rows_per_s"]
     generator = report["generator"]
     lines += [

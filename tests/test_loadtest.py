@@ -42,3 +42,14 @@ def test_impossible_budget_exits_non_zero_naming_the_breach(model_dir: Path, tmp
     assert completed.returncode == 1, completed.stdout + completed.stderr
     assert "budget breached: v2-json: p99 " in completed.stderr and "> budget 0.001 ms" in completed.stderr
     assert "requests/s < budget 1e+09" in completed.stderr
+
+
+def test_bench_calls_batching_a_win_or_loss_only_when_apart_from_the_a_a_control() -> None:
+    from loadtest.bench import verdict
+
+    twin = [0.972, 1.004, 0.999, 0.978, 0.999]  # tabserve against itself, five repetitions
+    # A median above every A/A ratio is not enough: one repetition inside their range makes a tie.
+    assert verdict([0.988, 1.019, 1.013, 0.985, 1.005], twin).startswith("ties: 1.005 (0.985-1.019)")
+    assert verdict([1.020, 1.103, 1.047, 1.051, 1.046], twin).startswith("wins: 1.047")
+    assert verdict([0.950, 0.960, 0.940, 0.955, 0.962], twin).startswith("loses: 0.955")
+    assert "against the A/A range 0.972-1.004" in verdict([0.9] * 5, twin)
