@@ -492,7 +492,18 @@ def summarise(
         "1 conn 1-row json: p50 tabserve - bare, ms (<= 0.15)": median_of("1-row json", 1, "tabserve", "p50_ms")
         - median_of("1-row json", 1, "bare", "p50_ms"),
     }
-    ranges: dict[str, list[float]] = {}
+    # Each repetition's own figure too: a ratio of medians can hide how far single repetitions spread.
+    ranges: dict[str, list[float]] = {
+        f"{top} conn 1-row json: tabserve / bare (>= 0.85)": paired("1-row json", top, "tabserve", "bare",
+                                                                    "requests_per_s"),
+        f"{top} conn 1-row json: tabserve / flask (>= 50)": paired("1-row json", top, "tabserve", "flask",
+                                                                   "requests_per_s"),
+        "1 conn 1-row json: p50 tabserve - bare, ms (<= 0.15)": [
+            mine["p50_ms"] - theirs["p50_ms"]
+            for mine, theirs in zip(runs_of("1-row json", 1, "tabserve"), runs_of("1-row json", 1, "bare"),
+                                    strict=False)
+        ],
+    }  # fmt: skip
     verdicts: dict[str, str] = {}
     for payload in ("100-row json", "100-row binary"):
         for connections in loads:
