@@ -73,6 +73,9 @@ class Settings:
     shutdown_timeout_s: float = 20.0
     """After the drain, how long in-flight and queued requests may take to finish."""
 
+    gc_threshold: int = 50_000
+    """Net new container objects between the cyclic GC's youngest collections (Python's default is 700)."""
+
     ort_intra_op_threads: int = 1
     ort_inter_op_threads: int = 1
     ort_allow_spinning: bool = False
@@ -95,7 +98,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         positive = ("port", "workers", "max_batch_size", "max_queue_size", "max_body_bytes", "max_request_rows",
-                    "ort_intra_op_threads", "ort_inter_op_threads", "max_in_flight")  # fmt: skip
+                    "ort_intra_op_threads", "ort_inter_op_threads", "max_in_flight", "gc_threshold")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"SERVE_{name.upper()} must be > 0, got {getattr(self, name)!r}")

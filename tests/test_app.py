@@ -360,3 +360,14 @@ def test_records_reject_bad_input_with_400(client: TestClient, body: Any, messag
 def test_records_reject_a_number_for_a_category(client: TestClient) -> None:
     message = error_of(client.post("/v1/models/penguins:predict", json={"instances": [{**PENGUIN, "island": 3}]}), 400)
     assert message == "instances[0].island must be a string, got 3"
+
+
+def test_the_cyclic_gc_threshold_is_raised_while_serving_and_restored_after(model_dir: Path) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    with TestClient(create_app(Settings(model_dir=model_dir, gc_threshold=12_345, poll_interval_s=0))):
+        assert gc.get_threshold() == (12_345, *before[1:])
+    assert gc.get_threshold() == before
+    with pytest.raises(ValueError, match="SERVE_GC_THRESHOLD must be > 0, got 0"):
+        Settings(gc_threshold=0)
