@@ -543,16 +543,18 @@ def verdict(batching: list[float], control: list[float]) -> str:
     """Batching's side-by-side ratios, one per repetition, against the A/A ratios of the same cell.
 
     A win (or a loss) needs every batching ratio above (below) every ratio between a server and its
-    identical twin; with five of each, that happens by chance with probability 2/252, under 1 %
-    (Mann-Whitney U = 0). Anything less is a tie: the difference is not larger than the noise.
+    identical twin, which five of each do by chance with probability 2/252, under 1 % (Mann-Whitney
+    U = 0), and above (below) 1 as well: the twin is fresh where tabserve has served every cell before,
+    and in one run tabserve ran 3.5-5.5 % below it, which alone would have made a win of a ratio of
+    0.999. Anything less is a tie.
     """
     told = (
         f"{statistics.median(batching):.3f} ({min(batching):.3f}-{max(batching):.3f}) "
         f"against the A/A range {min(control):.3f}-{max(control):.3f}"
     )
-    if min(batching) > max(control):
+    if min(batching) > max(*control, 1.0):
         return f"wins: {told}"
-    if max(batching) < min(control):
+    if max(batching) < min(*control, 1.0):
         return f"loses: {told}"
     return f"ties: {told}"
 

@@ -53,3 +53,7 @@ def test_bench_calls_batching_a_win_or_loss_only_when_apart_from_the_a_a_control
     assert verdict([1.020, 1.103, 1.047, 1.051, 1.046], twin).startswith("wins: 1.047")
     assert verdict([0.950, 0.960, 0.940, 0.955, 0.962], twin).startswith("loses: 0.955")
     assert "against the A/A range 0.972-1.004" in verdict([0.9] * 5, twin)
+    # Above a twin that ran below 1 is not a win when batching itself spans 1.
+    slow_twin = [0.965, 0.948, 0.945, 0.957, 0.947]
+    assert verdict([0.999, 0.997, 1.008, 1.022, 0.992], slow_twin).startswith("ties: 0.999")
+    assert verdict([1.001, 1.002, 1.003, 1.004, 1.005], [1.01, 1.02, 1.03, 1.04, 1.05]).startswith("ties")
