@@ -243,7 +243,13 @@ def run_wrks(
             for base in bases
         ]  # fmt: skip
         running = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for command in commands]
-        outputs = [process.communicate(timeout=duration_s + 30)[0] for process in running]
+        try:
+            outputs = [process.communicate(timeout=duration_s + 30)[0] for process in running]
+        finally:
+            for process in running:  # a wrk that hung must not outlive its cell, nor load the next one
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
     for command, process in zip(commands, running, strict=True):
         if process.returncode:
             raise subprocess.CalledProcessError(process.returncode, command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import math
 import struct
@@ -363,8 +364,6 @@ def test_records_reject_a_number_for_a_category(client: TestClient) -> None:
 
 
 def test_the_cyclic_gc_threshold_is_raised_while_serving_and_restored_after(model_dir: Path) -> None:
-    import gc
-
     before = gc.get_threshold()
     with TestClient(create_app(Settings(model_dir=model_dir, gc_threshold=12_345, poll_interval_s=0))):
         assert gc.get_threshold() == (12_345, *before[1:])
