@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import platform
 import shutil
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,11 @@ class Cell:
     payload: str
     connections: int
     system: str
+
+    @property
+    def key(self) -> str:
+        """The cell as a JSON key of the raw results (and of the duels, with tabserve's opponent as system)."""
+        return json.dumps(asdict(self))
 
 
 @dataclass
@@ -395,7 +401,7 @@ def run_benchmark(
                         wait_idle([process_id for _, process_id in started.values()])
                         (measured,) = measure(wrk, [started[system]], bodies[payload_name], connections, rows,
                                               duration_s)  # fmt: skip
-                        key = json.dumps(asdict(Cell(payload_name, connections, system)))
+                        key = Cell(payload_name, connections, system).key
                         raw.setdefault(key, []).append({**asdict(measured), "per_cpu_second": measured.per_cpu_second})
                         print(f"rep {rep + 1} {payload_name:>14} c={connections:<3} {system:<17} "
                               f"{measured.requests_per_s:9.0f} req/s p50 {measured.p50_ms:7.3f} ms "
@@ -404,7 +410,7 @@ def run_benchmark(
                         wait_idle([process_id for _, process_id in started.values()])
                         mine, theirs = measure(wrk, [started["tabserve"], started[other]], bodies[payload_name],
                                                connections, rows, duration_s)  # fmt: skip
-                        key = json.dumps(asdict(Cell(payload_name, connections, other)))
+                        key = Cell(payload_name, connections, other).key
                         # Per CPU second: the scheduler's split of the core is fair only on average
                         # (one 5-s duel gave 2.50 and 2.59 CPU seconds, which moved its ratio 4 %).
                         ratio = mine.rows_per_thread_cpu_second / theirs.rows_per_thread_cpu_second
@@ -475,12 +481,19 @@ def summarise(
 
     def runs_of(payload: str, connections: int, system: str) -> list[dict[str, Any]]:
         """One measurement per repetition, in order."""
-        return raw.get(json.dumps(asdict(Cell(payload, connections, system))), [])
+        return raw.get(Cell(payload, connections, system).key, [])
 
-    def paired(payload: str, connections: int, system: str, other: str, field: str) -> list[float]:
-        """The ratio in each repetition: both servers started afresh in it, measured seconds apart."""
+    def paired(
+        payload: str,
+        connections: int,
+        system: str,
+        other: str,
+        field: str,
+        compare: Callable[[float, float], float] = operator.truediv,
+    ) -> list[float]:
+        """The ratio (or `compare`) in each repetition: both servers started afresh in it, measured seconds apart."""
         runs = zip(runs_of(payload, connections, system), runs_of(payload, connections, other), strict=False)
-        return [mine[field] / theirs[field] for mine, theirs in runs if theirs[field]]
+        return [compare(mine[field], theirs[field]) for mine, theirs in runs if theirs[field]]
 
     def median_of(payload: str, connections: int, system: str, field: str) -> float:
         for cell in cells:
@@ -504,11 +517,8 @@ def summarise(
                                                                     "requests_per_s"),
         f"{top} conn 1-row json: tabserve / flask (>= 50)": paired("1-row json", top, "tabserve", "flask",
                                                                    "requests_per_s"),
-        "1 conn 1-row json: p50 tabserve - bare, ms (<= 0.15)": [
-            mine["p50_ms"] - theirs["p50_ms"]
-            for mine, theirs in zip(runs_of("1-row json", 1, "tabserve"), runs_of("1-row json", 1, "bare"),
-                                    strict=False)
-        ],
+        "1 conn 1-row json: p50 tabserve - bare, ms (<= 0.15)": paired("1-row json", 1, "tabserve", "bare",
+                                                                       "p50_ms", operator.sub),
     }  # fmt: skip
     verdicts: dict[str, str] = {}
     for payload in ("100-row json", "100-row binary"):
@@ -518,8 +528,8 @@ def summarise(
                 payload, connections, "tabserve-nobatch", "rows_per_s"
             )
             ranges[name] = paired(payload, connections, "tabserve", "tabserve-nobatch", "rows_per_s")
-            batching = duels.get(json.dumps(asdict(Cell(payload, connections, "tabserve-nobatch"))), [])
-            twin = duels.get(json.dumps(asdict(Cell(payload, connections, "tabserve-twin"))), [])
+            batching = duels.get(Cell(payload, connections, "tabserve-nobatch").key, [])
+            twin = duels.get(Cell(payload, connections, "tabserve-twin").key, [])
             if not (batching and twin):
                 continue
             name = f"{connections} conn {payload}: batching / no batching, side by side (>= 1)"
