@@ -6,10 +6,11 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
+from contract import Task
 from export.convert import UnconvertibleStepError
 from export.parity import ParityError, Tolerance
 from export.training import ESTIMATORS
@@ -143,7 +144,7 @@ def train(
     if labels.isna().any():
         progress(f"dropping {int(labels.isna().sum())} rows with no {target!r}")
         frame, labels = frame[labels.notna()], labels[labels.notna()]
-    chosen = infer_task(labels) if task == "auto" else task
+    chosen = infer_task(labels) if task == "auto" else cast(Task, task)  # click.Choice allowed only these
     if chosen == "classification":
         labels = labels.map(str) if not pd.api.types.is_integer_dtype(labels) else labels
     prepared = prepare_frame(frame)
@@ -153,7 +154,7 @@ def train(
         prepared, labels, test_size=test_size, random_state=SEED, stratify=stratify
     )
     try:
-        result = train_pipeline(train_x, train_y, estimator, chosen, folds=folds, grid=grid, progress=progress)  # type: ignore[arg-type]
+        result = train_pipeline(train_x, train_y, estimator, chosen, folds=folds, grid=grid, progress=progress)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     metrics = dict(result.metrics)
@@ -222,7 +223,7 @@ def pipeline(
         frame = frame[list(expected)]
     prepared = prepare_frame(frame)
     fitted = with_column_inputs(fitted, prepared)
-    task = "classification" if is_classifier(fitted) else "regression"
+    task: Task = "classification" if is_classifier(fitted) else "regression"
     metrics: dict[str, Any] = {}
     if labels is not None:
         metrics["sample"] = {"rows": len(prepared), "score": float(fitted.score(prepared, labels))}

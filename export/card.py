@@ -1,6 +1,6 @@
 """The model card (model.json), the golden vectors (golden.json) and the ONNX metadata_props.
 
-Field by field, the card is documented in docs/model-repository.md; serve/ reads nothing else.
+Their shape is the contract (contract.py, docs/model-repository.md); serve/ reads nothing else.
 """
 
 from __future__ import annotations
@@ -17,17 +17,21 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
+from contract import (
+    CARD_FILE,
+    CARD_FORMAT,
+    DATATYPES,
+    GOLDEN_ATOL,
+    GOLDEN_FILE,
+    GOLDEN_RTOL,
+    MODEL_FILE,
+    ModelCard,
+    Task,
+    TensorCard,
+)
 from export.features import Feature
 
-CARD_FORMAT = "tabserve.model/1"
-ONNX_TO_V2 = {
-    onnx.TensorProto.FLOAT: "FP32",
-    onnx.TensorProto.DOUBLE: "FP64",
-    onnx.TensorProto.INT64: "INT64",
-    onnx.TensorProto.INT32: "INT32",
-    onnx.TensorProto.STRING: "BYTES",
-    onnx.TensorProto.BOOL: "BOOL",
-}
+ONNX_TO_V2 = {datatype.onnx: datatype.v2 for datatype in DATATYPES}
 VERSIONED_PACKAGES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy")
 
 
@@ -38,13 +42,13 @@ def library_versions(model: onnx.ModelProto) -> dict[str, Any]:
     return found
 
 
-def tensor_specs(values: Any) -> list[dict[str, Any]]:
+def tensor_specs(values: Any) -> list[TensorCard]:
     """Graph inputs/outputs as V2 tensor metadata: name, datatype, shape with -1 for dynamic dims."""
     specs = []
     for value in values:
         tensor = value.type.tensor_type
         shape = [dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor.shape.dim]
-        specs.append({"name": value.name, "datatype": ONNX_TO_V2[tensor.elem_type], "shape": shape})
+        specs.append(TensorCard(name=value.name, datatype=ONNX_TO_V2[tensor.elem_type], shape=shape))
     return specs
 
 
@@ -57,7 +61,7 @@ def build_card(
     name: str,
     version: int,
     model: onnx.ModelProto,
-    task: str,
+    task: Task,
     description: str,
     features: list[Feature],
     classes: list[Any] | None,
@@ -67,31 +71,35 @@ def build_card(
     search: dict[str, Any] | None,
     parity: dict[str, Any],
     golden_rows: int,
-) -> dict[str, Any]:
-    """Everything a client or another runtime needs to know about one published version."""
-    return {
-        "format": CARD_FORMAT,
-        "name": name,
-        "version": version,
-        "task": task,
-        "description": description,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "estimator": estimator,
-        "target": target,
-        "inputs": tensor_specs(model.graph.input),
-        "outputs": tensor_specs(model.graph.output),
-        "features": [feature.to_json() for feature in features],
-        "classes": classes,
-        "metrics": metrics,
-        "search": search,
-        "parity": parity,
-        "versions": library_versions(model),
-        "files": {"model": "model.onnx", "golden": "golden.json"},
-        "golden_rows": golden_rows,
-    }
+) -> ModelCard:
+    """Everything a client or another runtime needs to know about one published version.
+
+    `sha256` is left empty: it is of the final bytes, which carry this card's metadata (`add_metadata`).
+    """
+    return ModelCard(
+        format=CARD_FORMAT,
+        name=name,
+        version=version,
+        task=task,
+        description=description,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        estimator=estimator,
+        target=target,
+        inputs=tensor_specs(model.graph.input),
+        outputs=tensor_specs(model.graph.output),
+        features=[feature.to_json() for feature in features],
+        classes=classes,
+        metrics=metrics,
+        search=search,
+        parity=parity,
+        versions=library_versions(model),
+        files={"model": MODEL_FILE, "card": CARD_FILE, "golden": GOLDEN_FILE},
+        golden_rows=golden_rows,
+        sha256="",
+    )
 
 
-def add_metadata(model: onnx.ModelProto, card: dict[str, Any]) -> None:
+def add_metadata(model: onnx.ModelProto, card: ModelCard) -> None:
     """Copy what another runtime needs into the ONNX file itself (custom_metadata_map in onnxruntime)."""
     del model.metadata_props[:]
     entries = {
@@ -123,18 +131,19 @@ def encode_tensor(array: npt.NDArray[Any], datatype: str) -> dict[str, Any]:
 
 
 def build_golden(
-    feed: dict[str, npt.NDArray[Any]], outputs: dict[str, npt.NDArray[Any]], card: dict[str, Any]
+    feed: dict[str, npt.NDArray[Any]], outputs: dict[str, npt.NDArray[Any]], card: ModelCard
 ) -> dict[str, Any]:
-    """Inputs and scikit-learn's outputs for them, readable from any language."""
+    """Inputs and scikit-learn's outputs for them, and the tolerance to hold them to, readable from any language."""
     input_types = {spec["name"]: spec["datatype"] for spec in card["inputs"]}
     output_types = {spec["name"]: spec["datatype"] for spec in card["outputs"]}
     return {
         "format": CARD_FORMAT,
         "note": "outputs are scikit-learn's; null in FP32 inputs means a missing value (NaN)",
+        "tolerance": {"atol": GOLDEN_ATOL, "rtol": GOLDEN_RTOL},
         "inputs": {name: encode_tensor(array, input_types[name]) for name, array in feed.items()},
         "outputs": {name: encode_tensor(array, output_types[name]) for name, array in outputs.items()},
     }
 
 
-def dumps(document: dict[str, Any]) -> bytes:
+def dumps(document: ModelCard | dict[str, Any]) -> bytes:
     return (json.dumps(document, indent=2, allow_nan=False) + "\n").encode()

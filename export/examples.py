@@ -15,8 +15,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.tree import DecisionTreeRegressor
 
+from contract import Task
 from export.features import prepare_frame
-from export.training import SEED, Task, cross_validate_pipeline, search_pipeline
+from export.training import SEED, cross_validate_pipeline, search_pipeline
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,14 @@ missing marker a `tensor(string)` can carry.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-Kind = Literal["numeric", "categorical"]
-KIND_TO_DATATYPE: dict[Kind, str] = {"numeric": "FP32", "categorical": "BYTES"}
+from contract import KIND_TO_DATATYPE, FeatureCard, Kind
+
 MISSING_STRING = ""
 MAX_LISTED_CATEGORIES = 1000
 
@@ -34,10 +34,10 @@ class Feature:
     column: str = ""
     """The training column's name, when it differs from the input's."""
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["categories"] = list(self.categories)
-        return data
+    def to_json(self) -> FeatureCard:
+        return FeatureCard(name=self.name, kind=self.kind, datatype=self.datatype, minimum=self.minimum,
+                           maximum=self.maximum, categories=list(self.categories),
+                           accepts_missing=self.accepts_missing, column=self.column)  # fmt: skip
 
 
 def column_kind(series: pd.Series) -> Kind:

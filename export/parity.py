@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from contract import GOLDEN_ATOL, GOLDEN_RTOL
 from export.features import MISSING_STRING, Feature
 
 UNSEEN_CATEGORY = "__tabserve_unseen__"
@@ -23,8 +24,8 @@ UNSEEN_CATEGORY = "__tabserve_unseen__"
 class Tolerance:
     """How far ONNX Runtime may stray from scikit-learn before a model is refused."""
 
-    atol: float = 1e-4
-    rtol: float = 1e-4
+    atol: float = GOLDEN_ATOL
+    rtol: float = GOLDEN_RTOL
     max_label_mismatches: int = 0
 
 

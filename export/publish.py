@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from contract import CARD_FILE, GOLDEN_FILE, MODEL_FILE, ModelCard, Task, read_card
 from export import card as cards
 from export.convert import convert_pipeline
 from export.features import describe_features
@@ -25,7 +25,7 @@ from export.parity import (
     edge_rows,
     onnx_feed,
 )
-from export.repository import CARD_FILE, GOLDEN_FILE, MODEL_FILE, check_name, publish
+from export.repository import check_name, publish
 
 MAX_PARITY_ROWS = 2000
 DEFAULT_TOLERANCE = Tolerance()
@@ -40,7 +40,7 @@ class Published:
     version: int
     path: Path
     parity: ParityReport
-    card: dict[str, Any]
+    card: ModelCard
 
 
 def export_pipeline(
@@ -50,7 +50,7 @@ def export_pipeline(
     model_dir: Path,
     training_frame: pd.DataFrame,
     check_frame: pd.DataFrame,
-    task: str,
+    task: Task,
     description: str,
     target: str | None = None,
     metrics: dict[str, Any] | None = None,
@@ -110,7 +110,7 @@ def export_pipeline(
 
     version, path = publish(model_dir, name, render)
     progress(f"published {name} version {version} at {path}")
-    card = json.loads((path / CARD_FILE).read_bytes())
+    card = read_card((path / CARD_FILE).read_bytes())
     return Published(name, version, path, report, card)
 
 

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MODEL_FILE = "model.onnx"
-CARD_FILE = "model.json"
-GOLDEN_FILE = "golden.json"
+from contract import NAME_PATTERN, STAGING_PREFIX
 
 
 def check_name(name: str) -> str:
@@ -43,7 +39,7 @@ def publish(model_dir: Path, name: str, render: Callable[[int], dict[str, bytes]
     """
     folder = model_dir / check_name(name)
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
     staging.chmod(0o755)  # mkdtemp makes it 0700; a server running as another user must read it
     try:
         version = max(versions(model_dir, name), default=0) + 1

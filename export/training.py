@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,9 +30,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
+from contract import Task
 from export.features import MISSING_STRING, column_kind
 
-Task = Literal["regression", "classification"]
 SEED = 0
 
 # The metrics reported for each task: the first one ranks grid-search candidates.

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-V2_TO_NUMPY: dict[str, Any] = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "BOOL": "?"}
+from contract import BY_V2
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class ModelPayloads:
 def encode_binary(values: list[Any], datatype: str) -> bytes:
     if datatype == "BYTES":
         return b"".join(struct.pack("<I", len(raw)) + raw for raw in (str(value).encode() for value in values))
-    array = np.array([np.nan if value is None else value for value in values], dtype=V2_TO_NUMPY[datatype])
+    array = np.array([np.nan if value is None else value for value in values], dtype=BY_V2[datatype].numpy)
     return array.tobytes()
 
 
@@ -148,7 +148,7 @@ def decode_outputs(body: bytes, header_length: str | None) -> dict[str, list[Any
                 position += 4 + length
             outputs[output["name"]] = values
         else:
-            outputs[output["name"]] = np.frombuffer(raw, dtype=V2_TO_NUMPY[output["datatype"]]).tolist()
+            outputs[output["name"]] = np.frombuffer(raw, dtype=BY_V2[output["datatype"]].numpy).tolist()
     return outputs
 
 
