@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serve.http import ServeHttpProtocol
+from serve.http import http_protocol
+from serve.settings import Settings
 
 CONSTANT = orjson.dumps(
     {"model_name": "bare", "outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [0.0]}]}
@@ -44,5 +45,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     port = parser.parse_args().port
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http=ServeHttpProtocol, access_log=False,
-                proxy_headers=False, log_level="warning")  # fmt: skip
+    protocol = http_protocol(Settings().header_timeout_s)
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http=protocol, access_log=False, proxy_headers=False,
+                log_level="warning")  # fmt: skip

@@ -15,7 +15,7 @@ import click
 import uvicorn
 
 from serve.app import Lifecycle, create_app
-from serve.http import ServeHttpProtocol
+from serve.http import http_protocol
 from serve.settings import Settings
 
 logger = logging.getLogger("tabserve")
@@ -46,9 +46,7 @@ class DrainingServer(uvicorn.Server):
 
 def app_from_environment() -> Any:
     """The app factory each worker process calls when --workers > 1 (settings arrive as SERVE_* variables)."""
-    settings = Settings.from_env(os.environ)
-    ServeHttpProtocol.header_timeout_s = settings.header_timeout_s
-    return create_app(settings)
+    return create_app(Settings.from_env(os.environ))
 
 
 def size_workers(settings: Settings) -> Settings:
@@ -87,19 +85,19 @@ def main(**options: Any) -> None:
         raise click.UsageError(str(exc)) from exc
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = size_workers(settings)
-    ServeHttpProtocol.header_timeout_s = settings.header_timeout_s
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "http": ServeHttpProtocol,
+        "http": http_protocol(settings.header_timeout_s),
         "lifespan": "on",
         "access_log": False,
         # tabserve reads neither the client's address nor the URL scheme, so uvicorn's X-Forwarded-*
         # middleware would only cost time (~1.5 us per request).
         "proxy_headers": False,
         "log_level": settings.log_level,
-        "timeout_keep_alive": int(settings.timeout_keep_alive_s),
-        "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
+        # Seconds as given: uvicorn annotates these as int but hands them to timers that take floats.
+        "timeout_keep_alive": settings.timeout_keep_alive_s,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "ssl_certfile": settings.ssl_certfile,
         "ssl_keyfile": settings.ssl_keyfile,
     }

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TypedDict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -22,7 +24,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve import endpoints, inference
 from serve.auth import AuthMiddleware, KeyRing
 from serve.cache import ResponseCache
-from serve.errors import ServeError, render_http_error, render_serve_error, send_error
+from serve.errors import (
+    InFlightLimitError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    RouteNotFoundError,
+    ServeError,
+    render,
+    send_error,
+)
+from serve.gc_tuning import tuned_gc
 from serve.metrics import Metrics
 from serve.repository import ModelRepository
 from serve.settings import Settings
@@ -122,7 +133,7 @@ class InferenceFront:
         if self.in_flight >= self.max_in_flight:
             scope["state"]["metrics"].rejected.labels("in_flight").inc()
             message = f"the server is handling {self.max_in_flight} inference requests, its limit; retry shortly"
-            await send_error(send, 503, message, {"Retry-After": "1"})
+            await send_error(send, InFlightLimitError(message))
             return
         scope["path_params"] = params  # shared between requests to the same path: read, never written
         self.in_flight += 1
@@ -130,6 +141,29 @@ class InferenceFront:
             await endpoint(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+async def render_serve_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServeError)
+    status, headers, body = render(exc)
+    response = Response(body, status)
+    response.raw_headers = headers  # already complete: content type and length included
+    return response
+
+
+async def render_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (routing, static files) as the ServeErrors they are."""
+    assert isinstance(exc, HTTPException)
+    error: ServeError
+    if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"method {request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        error = MethodNotAllowedError(message, {"Allow": allowed})
+    elif exc.status_code == HTTPStatus.NOT_FOUND:
+        error = RouteNotFoundError(f"no route for {request.method} {request.url.path}")
+    else:  # Starlette raises no other in tabserve's routes; a 4xx stays a 4xx
+        error = (InvalidRequestError if exc.status_code < 500 else ServeError)(str(exc.detail))
+    return await render_serve_error(request, error)
 
 
 def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIApp:
@@ -151,36 +185,24 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
             await repository.refresh()  # start-up is the first scan; later ones pick up new versions
             if not len(repository):
                 logger.warning("no servable model under %s: readiness stays false", settings.model_dir)
-            # Everything loaded so far lives as long as the process: freeze it out of the cyclic GC, whose
-            # full collections otherwise rescan it and stalled requests by ~17 ms (measured at p99).
-            gc.collect()
-            gc.freeze()
-            # Requests in flight hold thousands of young containers (64 connections' feeds, futures and
-            # scopes); at Python's 700 the GC walked and promoted them every few requests. Raised,
-            # 64-connection one-row throughput rose 3.0 % and 8.6 % in two runs (medians of 6 and 10
-            # interleaved 1-s pairs) and the bare endpoint's did not move (1.002x): the cost was the app's.
-            # Nearly everything here is freed by reference counting, so collections stay rare and garbage
-            # cycles bounded. The older generations' thresholds made no difference (1.007x, 1.013x).
-            thresholds = gc.get_threshold()
-            gc.set_threshold(settings.gc_threshold, *thresholds[1:])
             poller = (
                 asyncio.create_task(repository.poll(settings.poll_interval_s)) if settings.poll_interval_s else None
             )
             lifecycle.ready = True
             try:
-                yield {
-                    "settings": settings,
-                    "repository": repository,
-                    "lifecycle": lifecycle,
-                    "metrics": metrics,
-                    "cache": ResponseCache(settings.cache_max_entries) if settings.cache_max_entries else None,
-                }
+                with tuned_gc(settings.gc_threshold):
+                    yield {
+                        "settings": settings,
+                        "repository": repository,
+                        "lifecycle": lifecycle,
+                        "metrics": metrics,
+                        "cache": ResponseCache(settings.cache_max_entries) if settings.cache_max_entries else None,
+                    }
             finally:
                 lifecycle.ready = False
                 if poller is not None:
                     poller.cancel()
                 await repository.close()
-                gc.set_threshold(*thresholds)  # the process may go on (an embedding app, a test run)
 
     table = routes()
     app = Starlette(

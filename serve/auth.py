@@ -16,7 +16,7 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serve.errors import send_error
+from serve.errors import PermissionDeniedError, UnauthenticatedError, send_error
 from serve.settings import Settings
 
 Role = Literal["user", "admin"]
@@ -97,14 +97,14 @@ class AuthMiddleware:
         key = _presented_key(scope)
         if key is None:
             message = "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-            await send_error(send, 401, message, {"WWW-Authenticate": 'Bearer realm="tabserve"'})
+            await send_error(send, UnauthenticatedError(message))
             return
         role = self.keys.role(key)
         if role is None:
-            await send_error(send, 403, "API key not recognised")
+            await send_error(send, PermissionDeniedError("API key not recognised"))
             return
         if role != "admin" and ADMIN_PATH.match(path):
-            await send_error(send, 403, "loading and unloading models needs an admin key")
+            await send_error(send, PermissionDeniedError("loading and unloading models needs an admin key"))
             return
         await self.app(scope, receive, send)
 

@@ -4,65 +4,37 @@ One worker coroutine owns the queue. When idle it sleeps on a future that the ne
 a lone request runs at once (Triton's dynamic batcher with zero delay); under load the next batch is
 whatever queued while the previous one ran. Each item owns its future: one result per request, rows in
 order, cancelled or expired items skipped, and a failing batch retried item by item so that only the
-request that breaks the model fails.
+request that breaks the model fails. Every run is reported to `on_batch` as a BatchRecord (statistics
+and metrics listen); the batcher keeps no counters of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
-import numpy as np
-import numpy.typing as npt
+from serve.columns import Feed, Inputs, Outputs, Signature, assemble, feed_signature, split
+from serve.deadlines import EarliestDeadline
+from serve.errors import (
+    DeadlineExceededError,
+    InferenceFailedError,
+    ModelNotReadyError,
+    ServeError,
+    ServerBusyError,
+)
 
-from serve.errors import DeadlineExceededError, ModelNotReadyError, ServeError, ServerBusyError
-
-Feed = dict[str, npt.NDArray[Any]]
-Column = npt.NDArray[Any] | list[Any]
-"""An input's rows: an array, or a flat list of one value per row, converted when its batch is assembled."""
-Inputs = Mapping[str, Column]
-Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 logger = logging.getLogger("tabserve.batching")
-MAX_TRACKED_BATCH_SIZES = 256
 SUSTAINED_LOAD_GAP_S = 0.005
 """A batch that follows a batch of several requests this closely is under sustained load."""
 WAVE_MEMORY = 16
 """Batches over which the largest one's request count is kept as the size of the wave under load."""
-
-
-class InferenceFailedError(ServeError):
-    """The model raised on input that passed validation."""
-
-
-class Outputs(Mapping[str, npt.NDArray[Any]]):
-    """One request's rows of every output, and the size of the batch they were computed in.
-
-    Rows are cut from the batch's arrays when asked for: a dict of slices per request cost ~1 us.
-    """
-
-    __slots__ = ("_arrays", "_rows", "batch_rows")
-
-    def __init__(self, arrays: Feed, batch_rows: int, rows: slice = slice(None)) -> None:
-        self._arrays = arrays
-        self._rows = rows
-        self.batch_rows = batch_rows
-
-    def __getitem__(self, name: str) -> npt.NDArray[Any]:
-        return self._arrays[name][self._rows]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._arrays)
-
-    def __len__(self) -> int:
-        return len(self._arrays)
 
 
 @dataclass(slots=True)
@@ -75,23 +47,24 @@ class _Item:
     enqueued: float
 
 
-@dataclass
-class BatchStats:
-    """Counters in Triton's statistics vocabulary; written only by the worker, read by endpoints."""
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One run of the model on a batch, as observers (statistics, metrics) are told of it."""
 
-    inference_count: int = 0
-    execution_count: int = 0
-    success_count: int = 0
-    success_ns: int = 0
-    fail_count: int = 0
-    fail_ns: int = 0
-    queue_ns: int = 0
-    compute_ns: int = 0
-    last_inference_ms: int = 0
-    batch_sizes: dict[int, list[int]] = field(default_factory=dict)
-    """rows -> [executions, compute ns]"""
-    # Triton reports per-batch-size statistics; a client sending every size up to the row limit must
-    # not grow this without bound, so sizes past MAX_TRACKED_BATCH_SIZES are folded into the largest.
+    requests: int
+    rows: int
+    outcome: Literal["success", "failure", "retried"]
+    """retried: the batch failed and each request ran again alone; those runs are reported on their own."""
+    queue_ns: int
+    """The requests' summed wait before this run; 0 when retried (they are counted when they run again)."""
+    input_ns: int
+    """Assembling the batch's input arrays."""
+    infer_ns: int
+    """The model's own run."""
+    output_ns: int
+    """Cutting the outputs back into one part per request."""
+    queued: int
+    """Requests still waiting after it."""
 
 
 class MicroBatcher:
@@ -108,7 +81,7 @@ class MicroBatcher:
         inline_batch_rows: int = 256,
         executor: Executor | None = None,
         name: str = "model",
-        on_batch: Callable[[int, float, float, int], None] | None = None,
+        on_batch: Callable[[BatchRecord], None] | None = None,
     ) -> None:
         self._run = run
         self._max_batch_size = max_batch_size
@@ -132,10 +105,7 @@ class MicroBatcher:
         self._running: list[_Item] = []
         """The batch being executed (a thread may be running it while the loop goes on)."""
         self._closing = False
-        # One timer for the earliest deadline, not one per request (a timer costs ~1 us to set and cancel).
-        self._expiry: asyncio.TimerHandle | None = None
-        self._expiry_at = math.inf
-        self.stats = BatchStats()
+        self._deadlines = EarliestDeadline(self._expire)
 
     async def __aenter__(self) -> MicroBatcher:
         self._worker = asyncio.create_task(self._work(), name=f"batcher:{self._name}")
@@ -174,8 +144,7 @@ class MicroBatcher:
             signature = feed_signature(feed)
         self._queue.append(_Item(feed, rows, signature, future, deadline, loop.time()))
         self._queued_rows += rows
-        if deadline < self._expiry_at:
-            self._arm(loop, deadline)
+        self._deadlines.watch(loop, deadline)
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
         elif self._gathered is not None and self._gathered_enough():
@@ -189,8 +158,7 @@ class MicroBatcher:
         give_up = loop.time() + timeout_s
         while self.busy and loop.time() < give_up:
             await asyncio.sleep(0.005)
-        if self._expiry is not None:
-            self._expiry.cancel()
+        self._deadlines.cancel()
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -252,20 +220,12 @@ class MicroBatcher:
     def _gathered_enough(self) -> bool:
         return self._queued_rows >= self._max_batch_size or len(self._queue) >= self._wave
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry, self._expiry_at = loop.call_at(at, self._expire), at
-
-    def _expire(self) -> None:
-        """The earliest deadline is here: fail every request past its own, whether queued or running.
+    def _expire(self, now: float) -> float:
+        """Fail every request past its deadline, whether queued or running; return the next deadline.
 
         A running batch reaches here only when it runs in a thread; its results for expired requests
         are dropped. Queued ones stay in the queue, done, until `_take_batch` discards them.
         """
-        self._expiry, self._expiry_at = None, math.inf
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         earliest = math.inf
         for running, items in ((True, self._running), (False, self._queue)):
             for item in items:
@@ -275,8 +235,7 @@ class MicroBatcher:
                     item.future.set_exception(DeadlineExceededError(_late_message(item, now, running)))
                 else:
                     earliest = min(earliest, item.deadline)
-        if earliest < math.inf:
-            self._arm(loop, earliest)
+        return earliest
 
     def _take_batch(self, now: float) -> list[_Item]:
         """Pop live items with the first one's signature, up to max_batch_size rows (a big one alone)."""
@@ -306,119 +265,63 @@ class MicroBatcher:
 
     async def _execute(self, batch: list[_Item]) -> None:
         rows = sum(item.rows for item in batch)
-        started = time.perf_counter_ns()
+        clock = time.perf_counter_ns
+        started = assembled = clock()
         try:
-            feed = _assemble([item.feed for item in batch], batch[0].signature)
+            feed = assemble([item.feed for item in batch], batch[0].signature)
+            assembled = clock()
             if rows <= self._inline_batch_rows:
                 # A small batch takes tens of microseconds: a thread hand-off would cost more than it saves.
                 outputs = self._run(feed)
             else:
                 outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feed)
-            parts = _split(outputs, [item.rows for item in batch])
         except Exception as exc:
-            self._record(batch, rows, time.perf_counter_ns() - started, ok=False)
             if len(batch) > 1:
+                self._report(batch, rows, "retried", assembled - started, clock() - assembled, 0)
                 for item in batch:  # find the culprit: each request alone, neighbours unharmed
                     await self._execute([item])
                 return
+            self._report(batch, rows, "failure", assembled - started, clock() - assembled, 0)
             logger.warning("model %s failed on a %d-row request: %s", self._name, rows, exc)
-            if not batch[0].future.done():
-                batch[0].future.set_exception(InferenceFailedError(f"model {self._name} failed on this input: {exc}"))
+            _fail(batch, InferenceFailedError(f"model {self._name} failed on this input: {exc}"))
             return
-        self._record(batch, rows, time.perf_counter_ns() - started, ok=True)
+        ran = clock()
+        try:
+            parts = split(outputs, [item.rows for item in batch])
+        except ValueError as exc:  # the model broke its own output contract: no input is to blame
+            logger.error("model %s: %s", self._name, exc)
+            _fail(batch, ServeError(f"model {self._name} returned malformed outputs: {exc}"))
+            return
+        self._report(batch, rows, "success", assembled - started, ran - assembled, clock() - ran)
         for item, part in zip(batch, parts, strict=True):
             if not item.future.done():
                 item.future.set_result(part)
 
-    def _record(self, batch: list[_Item], rows: int, compute_ns: int, ok: bool) -> None:
-        stats = self.stats
-        now = asyncio.get_running_loop().time()
-        queue_ns = sum(int((now - item.enqueued) * 1e9) for item in batch) - compute_ns * len(batch)
-        stats.execution_count += 1
-        stats.compute_ns += compute_ns
-        stats.queue_ns += max(queue_ns, 0)
-        stats.last_inference_ms = int(time.time() * 1000)  # wall clock: Triton reports it as a timestamp
-        if ok:
-            stats.inference_count += rows
-            stats.success_count += len(batch)
-            stats.success_ns += compute_ns * len(batch)
-        else:
-            stats.fail_count += len(batch)
-            stats.fail_ns += compute_ns * len(batch)
-        key = (
-            rows
-            if rows in stats.batch_sizes or len(stats.batch_sizes) < MAX_TRACKED_BATCH_SIZES
-            else max(stats.batch_sizes)
+    def _report(
+        self, batch: list[_Item], rows: int, outcome: Literal["success", "failure", "retried"], *ns: int
+    ) -> None:
+        if self._on_batch is None:
+            return
+        input_ns, infer_ns, output_ns = ns
+        queue_ns = 0
+        if outcome != "retried":
+            now = asyncio.get_running_loop().time()
+            spent = input_ns + infer_ns + output_ns
+            queue_ns = max(sum(int((now - item.enqueued) * 1e9) for item in batch) - spent * len(batch), 0)
+        self._on_batch(
+            BatchRecord(len(batch), rows, outcome, queue_ns, input_ns, infer_ns, output_ns, len(self._queue))
         )
-        entry = stats.batch_sizes.setdefault(key, [0, 0])
-        entry[0] += 1
-        entry[1] += compute_ns
-        if self._on_batch is not None:
-            # rows, onnxruntime seconds, the requests' summed wait in the queue, requests still queued
-            self._on_batch(rows, compute_ns / 1e9, max(queue_ns, 0) / 1e9, len(self._queue))
+
+
+def _fail(batch: list[_Item], exc: ServeError) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(exc)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def feed_signature(feed: Inputs) -> Signature:
-    """The layout of a feed of arrays; list columns have no dtype of their own, so their caller passes one."""
-    signature = []
-    for name, column in feed.items():
-        if not isinstance(column, np.ndarray):
-            raise TypeError(f"input {name!r} is a list: submit it with the model's signature")
-        signature.append((name, column.dtype.str, tuple(column.shape[1:])))
-    return tuple(signature)
-
-
-def _assemble(feeds: list[Inputs], signature: Signature) -> Feed:
-    """One array per input for the whole batch.
-
-    List columns become one array per batch rather than one per request: a numpy call costs ~0.5 us
-    whatever its size, and a one-row request has a column per feature. When lists and arrays mix (one
-    unusual request among plain ones), the arrays join the lists rather than the reverse: measured at
-    64 one-row requests per batch, converting every list on its own took a batch from 0.26 to 0.64 ms.
-    """
-    feed: Feed = {}
-    for name, dtype, _ in signature:
-        columns = [inputs[name] for inputs in feeds]
-        if len(columns) == 1:
-            feed[name] = column_array(columns[0], dtype)
-            continue
-        kinds = set(map(type, columns))
-        if list not in kinds:
-            feed[name] = np.concatenate(columns)
-            continue
-        if len(kinds) == 1:
-            values = list(itertools.chain.from_iterable(columns))
-        else:  # only one-feature inputs arrive as lists, so every array here is one value per row
-            values = []
-            for column in columns:
-                values.extend(column if isinstance(column, list) else column.reshape(-1).tolist())
-        feed[name] = column_array(values, dtype)
-    return feed
-
-
-def column_array(column: Column, dtype: str) -> npt.NDArray[Any]:
-    """A column as an array: a list holds one value per row, in the signature's dtype."""
-    return column if isinstance(column, np.ndarray) else np.array(column, dtype=dtype).reshape(-1, 1)
-
-
-def _split(outputs: Feed, rows: list[int]) -> list[Outputs]:
-    """Cut every output along its first (batch) axis back into per-request parts."""
-    total = sum(rows)
-    for name, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != total:
-            raise ValueError(f"output {name!r} has shape {list(array.shape)}, not a batch of {total} rows")
-    if len(rows) == 1:
-        return [Outputs(outputs, total)]
-    parts, start = [], 0
-    for count in rows:
-        parts.append(Outputs(outputs, total, slice(start, start + count)))
-        start += count
-    return parts
 
 
 def _late_message(item: _Item, now: float, running: bool) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.batching import Inputs, Outputs, Signature, column_array
+from serve.columns import Inputs, Outputs, Signature, column_array
 
 MAX_CACHED_ROWS = 64
 

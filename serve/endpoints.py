@@ -80,14 +80,14 @@ async def model_metadata(request: Request) -> Response:
     parameters = {
         "version": str(model.version),
         "task": model.task,
-        "description": card.get("description"),
-        "features": card.get("features", []),
+        "description": card["description"],
+        "features": card["features"],
         "classes": model.classes,
-        "target": card.get("target"),
-        "estimator": card.get("estimator"),
-        "metrics": card.get("metrics"),
-        "parity": card.get("parity"),
-        "sha256": card.get("sha256"),
+        "target": card["target"],
+        "estimator": card["estimator"],
+        "metrics": card["metrics"],
+        "parity": card["parity"],
+        "sha256": card["sha256"],
     }
     return json_response(
         {
@@ -136,6 +136,7 @@ async def model_config(request: Request) -> Response:
 
 
 async def model_stats(request: Request) -> Response:
+    """Triton's statistics extension for one version, every version of a model, or every model."""
     repository = _repository(request)
     if "model_name" in request.path_params:
         name, version = request.path_params["model_name"], request.path_params.get("model_version")
@@ -146,14 +147,15 @@ async def model_stats(request: Request) -> Response:
         )
     else:
         entries = list(repository.entries())
-    return json_response({"model_stats": [_stats(entry) for entry in entries]})
+    stats = [entry.statistics.to_triton(entry.model.name, entry.model.version) for entry in entries]
+    return json_response({"model_stats": stats})
 
 
 async def metrics(request: Request) -> Response:
     """Prometheus exposition of every tabserve metric."""
     registry: Metrics = request.state.metrics
     for entry in _repository(request).entries():
-        registry.queue_depth.labels(entry.model.name, str(entry.model.version)).set(entry.batcher.depth)
+        entry.metrics.queue_depth.set(entry.batcher.depth)
     return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -195,37 +197,3 @@ async def repository_unload(request: Request) -> Response:
     name = request.path_params["model_name"]
     await _repository(request).unload(name)
     return json_response({"name": name, "state": "UNAVAILABLE"})
-
-
-def _stats(entry: ModelEntry) -> dict[str, Any]:
-    stats = entry.batcher.stats
-
-    def duration(count: int, ns: int) -> dict[str, int]:
-        return {"count": count, "ns": ns}
-
-    return {
-        "name": entry.model.name,
-        "version": str(entry.model.version),
-        "last_inference": stats.last_inference_ms,
-        "inference_count": stats.inference_count,
-        "execution_count": stats.execution_count,
-        "inference_stats": {
-            "success": duration(stats.success_count, stats.success_ns),
-            "fail": duration(stats.fail_count, stats.fail_ns),
-            "queue": duration(stats.success_count + stats.fail_count, stats.queue_ns),
-            "compute_input": duration(stats.execution_count, 0),
-            "compute_infer": duration(stats.execution_count, stats.compute_ns),
-            "compute_output": duration(stats.execution_count, 0),
-            "cache_hit": duration(0, 0),
-            "cache_miss": duration(0, 0),
-        },
-        "batch_stats": [
-            {
-                "batch_size": size,
-                "compute_input": duration(count, 0),
-                "compute_infer": duration(count, ns),
-                "compute_output": duration(count, 0),
-            }
-            for size, (count, ns) in sorted(stats.batch_sizes.items())
-        ],
-    }

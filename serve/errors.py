@@ -1,93 +1,158 @@
-"""Errors that carry their HTTP status, and the two ways they are rendered as {"error": "..."}:
-a Starlette exception handler, and `send_error` for code that answers at the ASGI level.
+"""Every error tabserve answers with, its HTTP status and gRPC code in one table, and the one {"error": ...} body.
 
 ServeError (500)
-├── InvalidRequestError (400)
-├── ModelNotFoundError (404)
-├── RequestTimeoutError (408)
-├── PayloadTooLargeError (413)
-├── ServerBusyError (503, Retry-After) / ModelNotReadyError (503)
+├── InvalidRequestError (400) ── InferenceFailedError (400)
+├── UnauthenticatedError (401) / PermissionDeniedError (403)
+├── ModelNotFoundError (404) / RouteNotFoundError (404) / MethodNotAllowedError (405)
+├── RequestTimeoutError (408) / PayloadTooLargeError (413) / ClientDisconnectedError (499)
+├── ServerBusyError, InFlightLimitError, ModelNotReadyError (503, Retry-After)
 └── DeadlineExceededError (504)
+
+A front end (REST today) renders an error from the table and nothing else, so the same failure gets
+the same message and the same status family whichever way the request came in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from http import HTTPStatus
+from typing import ClassVar
 
 import orjson
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import Send
+
+Headers = list[tuple[bytes, bytes]]
 
 
 class ServeError(Exception):
-    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
-    headers: dict[str, str] = {}
+    """An answer to a request that failed; the status comes from ERRORS, by class."""
 
-    def __init__(self, message: str) -> None:
+    HEADERS: ClassVar[Mapping[str, str]] = {}
+    """Headers every answer of this class carries (Retry-After, WWW-Authenticate)."""
+
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = self.HEADERS if headers is None else headers
+
+    @property
+    def status(self) -> int:
+        return codes(type(self))[0]
+
+    @property
+    def grpc_code(self) -> str:
+        """The grpc.StatusCode member's name (grpc.StatusCode[name]); the server need not import grpc."""
+        return codes(type(self))[1]
 
 
 class InvalidRequestError(ServeError):
-    status = HTTPStatus.BAD_REQUEST
+    """The request breaks the protocol or the model's input contract."""
+
+
+class InferenceFailedError(InvalidRequestError):
+    """The model raised on a request that passed validation, alone in its batch (its neighbours were answered).
+
+    A 4xx: running alone isolates the cause to this request's input (onnxruntime's INVALID_ARGUMENT).
+    """
+
+
+class UnauthenticatedError(ServeError):
+    HEADERS = {"WWW-Authenticate": 'Bearer realm="tabserve"'}
+
+
+class PermissionDeniedError(ServeError):
+    pass
 
 
 class ModelNotFoundError(ServeError):
-    status = HTTPStatus.NOT_FOUND
+    pass
+
+
+class RouteNotFoundError(ServeError):
+    pass
+
+
+class MethodNotAllowedError(ServeError):
+    """Raised with the route's Allow header."""
 
 
 class RequestTimeoutError(ServeError):
-    status = HTTPStatus.REQUEST_TIMEOUT
+    """The request's headers or body did not arrive in time."""
 
 
 class PayloadTooLargeError(ServeError):
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    pass
+
+
+class ClientDisconnectedError(ServeError):
+    """The client left before its request ran: nobody reads this answer; it is counted and logged."""
 
 
 class ServerBusyError(ServeError):
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-    headers = {"Retry-After": "1"}
+    """A model version's queue is full."""
+
+    HEADERS = {"Retry-After": "1"}
+
+
+class InFlightLimitError(ServeError):
+    """The server is handling its limit of inference requests, across models."""
+
+    HEADERS = {"Retry-After": "1"}
 
 
 class ModelNotReadyError(ServeError):
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-    headers = {"Retry-After": "1"}
+    """Draining for shutdown, or a version shutting down."""
+
+    HEADERS = {"Retry-After": "1"}
 
 
 class DeadlineExceededError(ServeError):
-    status = HTTPStatus.GATEWAY_TIMEOUT
+    pass
 
 
-async def send_error(send: Send, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-    """The {"error": ...} response for code below Starlette (auth, the in-flight limit, inference)."""
-    body = orjson.dumps({"error": message})
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
+# (HTTP status, gRPC status code) per class; a subclass not listed takes its nearest listed base's.
+# The 503s differ on gRPC: a full queue or in-flight limit is RESOURCE_EXHAUSTED (as gRPC's own
+# maximum_concurrent_rpcs answers), a server going away is UNAVAILABLE (a client retries elsewhere).
+ERRORS: dict[type[ServeError], tuple[int, str]] = {
+    ServeError: (HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL"),
+    InvalidRequestError: (HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT"),
+    UnauthenticatedError: (HTTPStatus.UNAUTHORIZED, "UNAUTHENTICATED"),
+    PermissionDeniedError: (HTTPStatus.FORBIDDEN, "PERMISSION_DENIED"),
+    ModelNotFoundError: (HTTPStatus.NOT_FOUND, "NOT_FOUND"),
+    RouteNotFoundError: (HTTPStatus.NOT_FOUND, "UNIMPLEMENTED"),
+    MethodNotAllowedError: (HTTPStatus.METHOD_NOT_ALLOWED, "UNIMPLEMENTED"),
+    RequestTimeoutError: (HTTPStatus.REQUEST_TIMEOUT, "DEADLINE_EXCEEDED"),
+    PayloadTooLargeError: (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RESOURCE_EXHAUSTED"),
+    ClientDisconnectedError: (499, "CANCELLED"),  # nginx's "client closed request"
+    ServerBusyError: (HTTPStatus.SERVICE_UNAVAILABLE, "RESOURCE_EXHAUSTED"),
+    InFlightLimitError: (HTTPStatus.SERVICE_UNAVAILABLE, "RESOURCE_EXHAUSTED"),
+    ModelNotReadyError: (HTTPStatus.SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+    DeadlineExceededError: (HTTPStatus.GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"),
+}
+INTERNAL_ERROR = ServeError("internal server error; see the server log")
+"""What an unexpected exception answers: its details go to the log, not to the client."""
+
+
+def describe(value: object) -> str:
+    """A received value for an error message: its type and up to 80 characters of it."""
+    return "nothing" if value is None else f"{type(value).__name__} {orjson.dumps(value, default=str)[:80].decode()}"
+
+
+def codes(kind: type[ServeError]) -> tuple[int, str]:
+    """The nearest listed class's row: a walk of a few bases, on the error path only."""
+    return next(ERRORS[base] for base in kind.__mro__ if base in ERRORS)
+
+
+def render(exc: ServeError) -> tuple[int, Headers, bytes]:
+    """Status, headers (content type and length included) and body: every error response is made here."""
+    body = orjson.dumps({"error": exc.message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in exc.headers.items()]
+    return exc.status, headers, body
+
+
+async def send_error(send: Send, exc: ServeError) -> None:
+    """Answer with `exc` from code below Starlette (auth, the in-flight limit)."""
+    status, headers, body = render(exc)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps({"error": message}), status_code=status, headers=headers, media_type="application/json"
-    )
-
-
-async def render_serve_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServeError)
-    return error_response(exc.status, exc.message, exc.headers)
-
-
-async def render_http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 in the same JSON shape as ours."""
-    assert isinstance(exc, HTTPException)
-    message = exc.detail
-    if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
-        allowed = (exc.headers or {}).get("Allow", "")
-        message = f"method {request.method} is not allowed on {request.url.path}; allowed: {allowed}"
-    elif exc.status_code == HTTPStatus.NOT_FOUND:
-        message = f"no route for {request.method} {request.url.path}"
-    return error_response(exc.status_code, message, exc.headers)

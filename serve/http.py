@@ -21,24 +21,40 @@ called back from `connection_lost`, so every queued request can be dropped when 
 from __future__ import annotations
 
 import asyncio
-import os
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-DEFAULT_HEADER_TIMEOUT_S = 10.0
+from serve.errors import RequestTimeoutError, render
+
 ON_DISCONNECT = "tabserve.on_disconnect"
 """Scope key: `register(callback)`; the callback runs if the client leaves before the response is complete."""
 
 
-class ServeHttpProtocol(HttpToolsProtocol):
-    # A class attribute, not a constructor argument: uvicorn builds the protocol itself, and worker
-    # processes import this class afresh (they read SERVE_HEADER_TIMEOUT_S from their environment).
-    header_timeout_s = float(os.environ.get("SERVE_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S))
+def _timeout_response() -> bytes:
+    status, headers, body = render(RequestTimeoutError("request headers took too long to send"))
+    lines = [f"HTTP/1.1 {status} Request Timeout".encode(), *(name + b": " + value for name, value in headers)]
+    return b"\r\n".join([*lines, b"connection: close", b"", body])
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+
+HEADER_TIMEOUT_RESPONSE = _timeout_response()
+
+
+def http_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
+    """What uvicorn's `http=` option takes: a class it calls once per connection with its own arguments.
+
+    A partial of the class passes for one (uvicorn only calls it), and unlike a subclass made here it
+    pickles: uvicorn's worker processes receive their config pickled.
+    """
+    return cast(type[asyncio.Protocol], functools.partial(ServeHttpProtocol, header_timeout_s=header_timeout_s))
+
+
+class ServeHttpProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.header_timeout_s = header_timeout_s
         self._header_timer: asyncio.TimerHandle | None = None
         self._awaiting_headers_since: float | None = None
         self._on_disconnect: list[Callable[[], object]] = []
@@ -97,10 +113,7 @@ class ServeHttpProtocol(HttpToolsProtocol):
             return
         self._header_timer = None
         if not self.transport.is_closing():
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                b'content-length: 49\r\n\r\n{"error":"request headers took too long to send"}'
-            )
+            self.transport.write(HEADER_TIMEOUT_RESPONSE)
             self.transport.close()
 
 

@@ -3,7 +3,7 @@
 They are the hot path, so they run without Starlette's middleware and Request objects (measured:
 Starlette's routing and middleware cost ~25 us of a ~56 us minimal JSON request on this stack). The
 same objects are also mounted as Starlette routes, so behaviour does not depend on which way a
-request arrives. Each renders its own errors in the one JSON shape.
+request arrives. Errors are rendered by serve/errors.py, as everywhere.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
 from serve import binary, protocol, records
-from serve.batching import Inputs, Outputs
 from serve.body import read_body
 from serve.cache import MAX_CACHED_ROWS, ResponseCache, canonical_key
-from serve.errors import ServeError
+from serve.columns import Inputs, Outputs
+from serve.errors import INTERNAL_ERROR, ClientDisconnectedError, ServeError, render
 from serve.http import ON_DISCONNECT
 from serve.metrics import UNRESOLVED
 from serve.repository import ModelEntry, ModelRepository
@@ -36,28 +37,37 @@ JSON = b"application/json"
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 
-class ClientDisconnectedError(ServeError):
-    status = 499  # type: ignore[assignment]  # nginx's "client closed request": nobody reads this answer
+@dataclass(slots=True)
+class RequestContext:
+    """What one inference request learns on its way, for its metrics and its access-log line."""
+
+    entry: ModelEntry | None = None
+    """The model version it resolved to, once it has."""
+    rows: int | None = None
+    batch_rows: int | None = None
+    """Rows in the batch it was scored in (0: answered from the cache)."""
+
+
+Handler = Callable[[RequestContext, Scope, Receive], Awaitable[Reply]]
 
 
 class InferenceEndpoint:
     """ASGI adapter: call `handle`, send one response, count it; ServeErrors become JSON errors."""
 
-    def __init__(self, handle: Callable[[Scope, Receive], Awaitable[Reply]]) -> None:
+    def __init__(self, handle: Handler) -> None:
         self.handle = handle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        context = RequestContext()
         try:
-            status, body, headers = await self.handle(scope, receive)
+            status, body, headers = await self.handle(context, scope, receive)
+            headers.append((b"content-length", str(len(body)).encode()))
         except ServeError as exc:
-            status, body = int(exc.status), orjson.dumps({"error": exc.message})
-            headers = [(b"content-type", JSON), *((k.lower().encode(), v.encode()) for k, v in exc.headers.items())]
+            status, headers, body = render(exc)
         except Exception:
             logger.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
-            status, body = 500, b'{"error":"internal server error; see the server log"}'
-            headers = [(b"content-type", JSON)]
-        headers.append((b"content-length", str(len(body)).encode()))
+            status, headers, body = render(INTERNAL_ERROR)
         logged = scope["state"]["settings"].access_log
         request_id = _request_id(scope, generate=logged)
         if request_id is not None:
@@ -65,13 +75,12 @@ class InferenceEndpoint:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         seconds = time.perf_counter() - started
-        entry: ModelEntry | None = scope.get("tabserve.entry")
-        if entry is not None:
-            entry.metrics.request(status, seconds)
+        if context.entry is not None:
+            context.entry.metrics.request(status, seconds)
         else:  # no model resolved (404 and the like)
             scope["state"]["metrics"].requests_for(UNRESOLVED)(status, seconds)
         if logged:
-            _log_access(scope, request_id, entry, status, seconds)
+            _log_access(scope, request_id, context, status, seconds)
 
 
 def _context(scope: Scope) -> tuple[Settings, ModelRepository, dict[bytes, bytes]]:
@@ -81,8 +90,7 @@ def _context(scope: Scope) -> tuple[Settings, ModelRepository, dict[bytes, bytes
 
 def _entry(repository: ModelRepository, scope: Scope) -> ModelEntry:
     params = scope["path_params"]
-    entry = scope["tabserve.entry"] = repository.get(params["model_name"], params.get("model_version"))
-    return entry
+    return repository.get(params["model_name"], params.get("model_version"))
 
 
 _request_ids = itertools.count(1)
@@ -98,32 +106,33 @@ def _request_id(scope: Scope, generate: bool) -> bytes | None:
     return f"{_PROCESS_TAG}-{next(_request_ids)}".encode() if generate else None
 
 
-def _log_access(scope: Scope, request_id: bytes | None, entry: ModelEntry | None, status: int, seconds: float) -> None:
+def _log_access(scope: Scope, request_id: bytes | None, context: RequestContext, status: int, seconds: float) -> None:
     """One JSON line; never the body, never a header value other than the request id."""
+    entry = context.entry
     record = {
         "request_id": request_id.decode() if request_id else None,
         "method": scope["method"],
         "path": scope["path"],
         "model": entry.model.name if entry else None,
         "version": entry.model.version if entry else None,
-        "rows": scope.get("tabserve.rows"),
-        "batch_rows": scope.get("tabserve.batch_rows"),
+        "rows": context.rows,
+        "batch_rows": context.batch_rows,
         "status": status,
         "latency_ms": round(seconds * 1000, 3),
     }
     access_logger.info(orjson.dumps(record).decode())
 
 
-async def _infer(scope: Scope, receive: Receive) -> Reply:
+async def _infer(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
     """POST /v2/models/{name}[/versions/{version}]/infer: JSON or Triton's binary tensor data."""
     settings, repository, headers = _context(scope)
-    entry = _entry(repository, scope)
+    entry = context.entry = _entry(repository, scope)
     body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
     length = headers.get(binary.HEADER)
     header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
     parsed = protocol.parse_infer_request(protocol.parse_json(header), entry.model, tail, settings.max_request_rows)
-    outputs = await score(scope, settings, entry, parsed.feed, parsed.rows, parsed.timeout_s)
-    scope["tabserve.batch_rows"] = outputs.batch_rows
+    outputs = await score(context, scope, settings, entry, parsed.feed, parsed.rows, parsed.timeout_s)
+    context.batch_rows = outputs.batch_rows
     content, header_length = protocol.render_infer_response(entry.model, parsed, outputs)
     if header_length is None:
         return 200, content, [(b"content-type", JSON)]
@@ -131,33 +140,33 @@ async def _infer(scope: Scope, receive: Receive) -> Reply:
                           (binary.HEADER, str(header_length).encode())]  # fmt: skip
 
 
-async def _predict_records(scope: Scope, receive: Receive) -> Reply:
+async def _predictions(context: RequestContext, scope: Scope, receive: Receive, entry: ModelEntry) -> list[Any]:
+    """Records in the body, scored by `entry`: one prediction per record."""
+    settings, _, headers = _context(scope)
+    context.entry = entry
+    body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
+    feed, rows = records.parse_instances(protocol.parse_json(body), entry.model, settings.max_request_rows)
+    outputs = await score(context, scope, settings, entry, feed, rows, None)
+    context.batch_rows = outputs.batch_rows
+    return records.render_predictions(entry.model, outputs)
+
+
+async def _predict_records(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
     """POST /v1/models/{name}[/versions/{version}]:predict with {"instances": [{...}, ...]}."""
-    settings, repository, headers = _context(scope)
-    entry = _entry(repository, scope)
-    document = protocol.parse_json(
-        await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
-    )
-    feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
-    outputs = await score(scope, settings, entry, feed, rows, None)
-    scope["tabserve.batch_rows"] = outputs.batch_rows
-    return 200, _dumps(records.render_predictions(entry.model, outputs)), [(b"content-type", JSON)]
+    entry = _entry(scope["state"]["repository"], scope)
+    predictions = await _predictions(context, scope, receive, entry)
+    document = {"model_name": entry.model.name, "model_version": entry.model.version_text, "predictions": predictions}
+    return 200, _dumps(document), [(b"content-type", JSON)]
 
 
-async def _predict_seed(scope: Scope, receive: Receive) -> Reply:
+async def _predict_seed(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
     """The seed article's endpoint on the default model: {"age": 35} -> {"predicted_weight": 75.0}."""
-    settings, repository, headers = _context(scope)
-    entry = scope["tabserve.entry"] = repository.get(settings.default_model)
-    document = protocol.parse_json(
-        await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
-    )
-    feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
-    outputs = await score(scope, settings, entry, feed, rows, None)
-    scope["tabserve.batch_rows"] = outputs.batch_rows
-    predictions = records.render_predictions(entry.model, outputs)
-    values = [item["label"] if isinstance(item, dict) else item for item in predictions["predictions"]]
-    key = f"predicted_{entry.model.card.get('target') or 'value'}"
-    return 200, _dumps({key: values[0] if rows == 1 else values}), [(b"content-type", JSON)]
+    state = scope["state"]
+    entry = state["repository"].get(state["settings"].default_model)
+    predictions = await _predictions(context, scope, receive, entry)
+    values = [item["label"] if isinstance(item, dict) else item for item in predictions]
+    key = f"predicted_{entry.model.card['target'] or 'value'}"
+    return 200, _dumps({key: values[0] if len(values) == 1 else values}), [(b"content-type", JSON)]
 
 
 infer = InferenceEndpoint(_infer)
@@ -166,6 +175,7 @@ predict_seed = InferenceEndpoint(_predict_seed)
 
 
 def score(
+    context: RequestContext,
     scope: Scope,
     settings: Settings,
     entry: ModelEntry,
@@ -178,19 +188,23 @@ def score(
     A plain function handing back a future, not a coroutine: each coroutine layer on the hot path
     costs a suspension and a resumption per request.
     """
-    scope["tabserve.rows"] = rows
+    context.rows = rows
     cache: ResponseCache | None = scope["state"]["cache"]
     if cache is None or rows > MAX_CACHED_ROWS:
-        return _submit(scope, settings, entry, feed, rows, timeout_s)
-    key = canonical_key(entry.model.identity, entry.model.signature, feed)
-    found = cache.get(key)
-    entry.metrics.parent.cache.labels("hit" if found is not None else "miss").inc()
-    if found is not None:
-        answered: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        answered.set_result(found)
-        return answered
-    future = _submit(scope, settings, entry, feed, rows, timeout_s)
-    future.add_done_callback(functools.partial(_keep, cache, key, rows))
+        future = _submit(scope, settings, entry, feed, rows, timeout_s)
+    else:
+        started = time.perf_counter_ns()
+        key = canonical_key(entry.model.identity, entry.model.signature, feed)
+        found = cache.get(key)
+        entry.metrics.parent.cache.labels("hit" if found is not None else "miss").inc()
+        lookup = entry.statistics.cache_hit if found is not None else entry.statistics.cache_miss
+        lookup.add(time.perf_counter_ns() - started)
+        if found is not None:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(found)
+        else:
+            future = _submit(scope, settings, entry, feed, rows, timeout_s)
+            future.add_done_callback(functools.partial(_keep, cache, key, rows))
     return future
 
 

@@ -19,6 +19,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
+from serve.batching import BatchRecord
+
 # Sub-millisecond buckets: a batched single-row request takes ~0.1-1 ms here.
 LATENCY_BUCKETS = (
     0.0001,
@@ -126,11 +128,14 @@ class ModelMetrics:
     queue_wait_seconds: Any
     batch_rows: Any
     inference_seconds: Any
+    queue_depth: Any
 
-    def batch(self, rows: int, seconds: float, queue_wait_seconds: float) -> None:
-        self.batch_rows.observe(rows)
-        self.inference_seconds.observe(seconds)
-        self.queue_wait_seconds.inc(queue_wait_seconds)
+    def batch(self, batch: BatchRecord) -> None:
+        """Observe one run of the model (a retried batch ran too: its rows and time count)."""
+        self.batch_rows.observe(batch.rows)
+        self.inference_seconds.observe(batch.infer_ns / 1e9)
+        self.queue_wait_seconds.inc(batch.queue_ns / 1e9)
+        self.queue_depth.set(batch.queued)
 
 
 class Metrics:
@@ -183,6 +188,7 @@ class Metrics:
             self.queue_wait_seconds.labels(*labels),
             self.batch_rows.labels(*labels),
             self.inference_seconds.labels(*labels),
+            self.queue_depth.labels(*labels),
         )
 
     def exposition(self) -> bytes:

@@ -14,14 +14,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from contract import CARD_FILE, GOLDEN_ATOL, GOLDEN_FILE, GOLDEN_RTOL, MODEL_FILE, CardError, ModelCard, read_card
+from serve.columns import Feed
 from serve.datatypes import ORT_TO_V2, V2_TO_NUMPY
-
-Feed = dict[str, npt.NDArray[Any]]
-MODEL_FILE = "model.onnx"
-CARD_FILE = "model.json"
-GOLDEN_FILE = "golden.json"
-GOLDEN_ATOL = 1e-4
-GOLDEN_RTOL = 1e-4
 
 
 class ModelLoadError(Exception):
@@ -71,15 +66,20 @@ class Model:
         self.outputs = tuple(_spec(value) for value in self.session.get_outputs())
         self.input_by_name = {spec.name: spec for spec in self.inputs}
         self.output_by_name = {spec.name: spec for spec in self.outputs}
+        self.input_names = [spec.name for spec in self.inputs]
         self.output_names = tuple(spec.name for spec in self.outputs)
         # Every validated feed for this model has exactly this layout, so requests need not recompute it.
         self.signature = tuple(
             (spec.name, spec.dtype.str, tuple(max(dim, 1) for dim in spec.shape[1:])) for spec in self.inputs
         )
-        self.features = {feature["name"]: feature for feature in self.card.get("features", [])}
-        self.classes: list[Any] | None = self.card.get("classes")
-        self.task: str = self.card.get("task", "regression")
-        self.identity = (name, version, str(self.card["sha256"]))
+        self.features = {feature["name"]: feature for feature in self.card["features"]}
+        self.imputed = frozenset(name for name, feature in self.features.items() if feature["accepts_missing"])
+        """Inputs the model imputes: a missing value there is fine (NaN for numbers, '' for categories)."""
+        self.missing_ok = frozenset(spec.name for spec in self.inputs if spec.dtype.kind == "f") & self.imputed
+        """Float inputs where NaN (JSON null, binary NaN) may stand for a missing value."""
+        self.classes = self.card["classes"]
+        self.task = self.card["task"]
+        self.identity = (name, version, self.card["sha256"])
         self._check_golden()
         self.load_seconds = time.monotonic() - started
 
@@ -114,19 +114,16 @@ class Model:
                 raise ModelLoadError(f"{self.name} v{self.version}: output {name!r} does not reproduce {path}")
 
 
-def _read_card(folder: Path) -> dict[str, Any]:
+def _read_card(folder: Path) -> ModelCard:
     try:
-        card: dict[str, Any] = json.loads((folder / CARD_FILE).read_bytes())
+        return read_card((folder / CARD_FILE).read_bytes())
     except FileNotFoundError:
         raise ModelLoadError(f"{folder} has no {CARD_FILE}") from None
-    except ValueError as exc:
-        raise ModelLoadError(f"{folder / CARD_FILE} is not valid JSON: {exc}") from None
-    if not isinstance(card, dict) or "sha256" not in card:
-        raise ModelLoadError(f"{folder / CARD_FILE} has no sha256 field")
-    return card
+    except CardError as exc:
+        raise ModelLoadError(f"{folder / CARD_FILE}: {exc}") from None
 
 
-def _read_verified(folder: Path, card: dict[str, Any]) -> bytes:
+def _read_verified(folder: Path, card: ModelCard) -> bytes:
     try:
         model_bytes = (folder / MODEL_FILE).read_bytes()
     except FileNotFoundError:

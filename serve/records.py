@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from serve.columns import Feed
 from serve.errors import InvalidRequestError
-from serve.model import Feed, Model
-from serve.protocol import check_missing_values, check_rows
+from serve.model import Model
+from serve.values import check_finite, check_rows
 
 MISSING_BY_DATATYPE: dict[str, Any] = {"FP32": math.nan, "FP64": math.nan, "BYTES": ""}
 
@@ -40,8 +41,7 @@ def parse_instances(document: Any, model: Model, max_rows: int) -> tuple[Feed, i
             raise InvalidRequestError(f"instances[{index}] has unknown field(s) {unknown}; expected {list(known)}")
     feed: Feed = {}
     for spec in model.inputs:
-        accepts_missing = model.features.get(spec.name, {}).get("accepts_missing", False)
-        missing = MISSING_BY_DATATYPE.get(spec.datatype) if accepts_missing else None
+        missing = MISSING_BY_DATATYPE.get(spec.datatype) if spec.name in model.imputed else None
         column = []
         for index, record in enumerate(instances):
             value = record.get(spec.name)
@@ -60,12 +60,12 @@ def parse_instances(document: Any, model: Model, max_rows: int) -> tuple[Feed, i
         with np.errstate(over="ignore"):
             array = np.array(column, dtype=spec.dtype).reshape(len(instances), *[max(dim, 1) for dim in spec.shape[1:]])
         if array.dtype.kind == "f":
-            check_missing_values(model, spec, array)  # a number beyond FP32's range arrives here as infinity
+            check_finite(array, spec.name, model)  # a number beyond FP32's range arrives here as infinity
         feed[spec.name] = array
     return feed, len(instances)
 
 
-def render_predictions(model: Model, outputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, Any]:
+def render_predictions(model: Model, outputs: Mapping[str, npt.NDArray[Any]]) -> list[Any]:
     """Regression: one number per record. Classification: label plus probabilities by class name."""
     if model.task == "classification" and model.classes and len(model.outputs) == 2:
         label_name, probability_name = model.output_names
@@ -80,4 +80,4 @@ def render_predictions(model: Model, outputs: Mapping[str, npt.NDArray[Any]]) ->
         values = outputs[model.output_names[0]]
         single = values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)
         predictions = list(values.reshape(len(values))) if single else list(values)
-    return {"model_name": model.name, "model_version": str(model.version), "predictions": predictions}
+    return predictions

@@ -9,11 +9,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve.batching import MicroBatcher
+from serve.batching import BatchRecord, MicroBatcher
 from serve.errors import ModelNotFoundError
 from serve.metrics import Metrics, ModelMetrics
 from serve.model import Model, ModelLoadError, SessionOptions
 from serve.settings import Settings
+from serve.statistics import ModelStatistics
 
 logger = logging.getLogger("tabserve.repository")
 
@@ -23,6 +24,7 @@ class ModelEntry:
     model: Model
     batcher: MicroBatcher
     metrics: ModelMetrics
+    statistics: ModelStatistics
 
 
 def scan(model_dir: Path) -> Iterator[tuple[str, int, Path]]:
@@ -66,12 +68,12 @@ class ModelRepository:
     async def add(self, model: Model) -> ModelEntry:
         settings = self._settings
         model_metrics = self.metrics.for_model(model.name, model.version)
-        depth = self.metrics.queue_depth.labels(model.name, str(model.version))
         self.metrics.model_load_seconds.labels(model.name, str(model.version)).set(model.load_seconds)
+        statistics = ModelStatistics()
 
-        def observe(rows: int, seconds: float, waited: float, queued: int) -> None:
-            model_metrics.batch(rows, seconds, waited)
-            depth.set(queued)
+        def observe(batch: BatchRecord) -> None:
+            statistics.record(batch)
+            model_metrics.batch(batch)
 
         batcher = MicroBatcher(
             model.run,
@@ -85,7 +87,7 @@ class ModelRepository:
             on_batch=observe,
         )
         await batcher.__aenter__()
-        entry = ModelEntry(model, batcher, model_metrics)
+        entry = ModelEntry(model, batcher, model_metrics, statistics)
         self._models.setdefault(model.name, {})[model.version] = entry
         self.failures.pop((model.name, model.version), None)
         return entry

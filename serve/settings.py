@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +24,16 @@ def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-PARSERS: dict[str, Callable[[str], Any]] = {
-    "int": int,
-    "float": float,
-    "str": str,
-    "bool": _parse_bool,
-    "Path": Path,
-    "Path | None": Path,
-    "str | None": str,
-    "tuple[str, ...]": _parse_list,
+# Keyed by the fields' resolved types (typing.get_type_hints), not their annotation text.
+PARSERS: dict[Any, Callable[[str], Any]] = {
+    int: int,
+    float: float,
+    str: str,
+    bool: _parse_bool,
+    Path: Path,
+    Path | None: Path,
+    str | None: str,
+    tuple[str, ...]: _parse_list,
 }
 
 
@@ -112,6 +114,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] = os.environ, prefix: str = "SERVE_", **overrides: Any) -> Settings:
         """Build from `environ`; an unknown SERVE_* key or a bad value raises ValueError naming it."""
         fields = {item.name: item for item in dataclasses.fields(cls)}
+        parsers = _parsers(cls)
         values: dict[str, Any] = {}
         for key, text in environ.items():
             if not key.startswith(prefix):
@@ -120,8 +123,20 @@ class Settings:
             if name not in fields:
                 raise ValueError(f"unknown setting {key}; known: {', '.join(prefix + n.upper() for n in fields)}")
             try:
-                values[name] = PARSERS[str(fields[name].type)](text)
+                values[name] = parsers[name](text)
             except ValueError as exc:
                 raise ValueError(f"{key}={text!r}: {exc}") from None
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+
+def _parsers(cls: type[Settings]) -> dict[str, Callable[[str], Any]]:
+    """Each field's parser from its type; a field of a type with none is a TypeError naming it."""
+    hints = typing.get_type_hints(cls)
+    unknown = {item.name: hints[item.name] for item in dataclasses.fields(cls) if hints[item.name] not in PARSERS}
+    if unknown:
+        raise TypeError(f"Settings field(s) with no SERVE_* parser for their type: {unknown}; add them to PARSERS")
+    return {item.name: PARSERS[hints[item.name]] for item in dataclasses.fields(cls)}
+
+
+_parsers(Settings)  # at import: a field added with a new type fails here, not when someone sets it

@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve.batching import Feed, InferenceFailedError, MicroBatcher, Outputs
-from serve.errors import DeadlineExceededError, ModelNotReadyError, ServerBusyError
+from serve.batching import BatchRecord, MicroBatcher
+from serve.columns import Feed, Outputs
+from serve.errors import DeadlineExceededError, InferenceFailedError, ModelNotReadyError, ServerBusyError
+from serve.statistics import ModelStatistics
 
 FAR = 1e12
 
@@ -215,17 +217,41 @@ def test_batch_delay_gathers_requests_that_arrive_within_it() -> None:
     assert model.batches == [[1.0, 2.0]]
 
 
-def test_stats_count_requests_rows_and_batches() -> None:
+def test_statistics_count_requests_rows_and_batches() -> None:
     model = FakeModel()
+    stats = ModelStatistics()
 
-    async def scenario() -> MicroBatcher:
-        async with MicroBatcher(model.run) as batcher:
+    async def scenario() -> None:
+        async with MicroBatcher(model.run, on_batch=stats.record) as batcher:
             await asyncio.gather(*[batcher.submit(rows(i, i), 2, FAR) for i in range(3)])
-            return batcher
 
-    stats = run(scenario).stats
-    assert (stats.inference_count, stats.execution_count, stats.success_count) == (6, 1, 3)
+    run(scenario)
+    assert (stats.inference_count, stats.execution_count, stats.success.count, stats.fail.count) == (6, 1, 3, 0)
     assert list(stats.batch_sizes) == [6]
+    measured = stats.to_triton("m", 1)["inference_stats"]
+    for stage in ("compute_input", "compute_infer", "compute_output"):
+        assert measured[stage]["count"] == 1 and measured[stage]["ns"] > 0, stage
+
+
+def test_a_failed_batch_counts_only_the_request_that_broke_it() -> None:
+    model = FakeModel()
+    stats = ModelStatistics()
+    outcomes: list[str] = []
+
+    def observe(batch: BatchRecord) -> None:
+        outcomes.append(batch.outcome)
+        stats.record(batch)
+
+    async def scenario() -> list[Any]:
+        async with MicroBatcher(model.run, on_batch=observe) as batcher:
+            futures = [batcher.submit(rows(-1 if i == 17 else i), 1, FAR) for i in range(64)]
+            return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    results = run(scenario)
+    assert [isinstance(result, InferenceFailedError) for result in results].count(True) == 1
+    assert outcomes == ["retried"] + ["success"] * 17 + ["failure"] + ["success"] * 46
+    assert (stats.success.count, stats.fail.count, stats.queue.count) == (63, 1, 64)
+    assert (stats.execution_count, stats.inference_count) == (65, 63)
 
 
 class SlowModel(FakeModel):

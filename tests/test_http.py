@@ -53,7 +53,9 @@ async def exchange(app: Any, *chunks: bytes) -> RecordingTransport:
     """Feed `chunks` to a connection served by `app`, letting the app run after each, then close the
     connection and let the app run again; return the transport."""
     server_state = ServerState()
-    protocol = ServeHttpProtocol(config=Config(app, log_level="critical"), server_state=server_state, app_state={})
+    protocol = ServeHttpProtocol(
+        config=Config(app, log_level="critical"), server_state=server_state, app_state={}, header_timeout_s=10.0
+    )
     transport = RecordingTransport()
     protocol.connection_made(transport)
     for chunk in chunks:
