@@ -62,6 +62,26 @@ def size_workers(settings: Settings) -> Settings:
     return settings
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options from tabserve's settings, the same for one process and for several."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "http": http_protocol(settings.header_timeout_s),
+        "lifespan": "on",
+        "access_log": False,
+        # tabserve reads neither the client's address nor the URL scheme, so uvicorn's X-Forwarded-*
+        # middleware would only cost time (~1.5 us per request).
+        "proxy_headers": False,
+        "log_level": settings.log_level,
+        # Seconds as given: uvicorn annotates these as int but hands them to timers that take floats.
+        "timeout_keep_alive": settings.timeout_keep_alive_s,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        "ssl_certfile": settings.ssl_certfile,
+        "ssl_keyfile": settings.ssl_keyfile,
+    }
+
+
 @click.command(context_settings={"show_default": True})
 @click.option(
     "--model-dir",
@@ -85,22 +105,7 @@ def main(**options: Any) -> None:
         raise click.UsageError(str(exc)) from exc
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = size_workers(settings)
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "http": http_protocol(settings.header_timeout_s),
-        "lifespan": "on",
-        "access_log": False,
-        # tabserve reads neither the client's address nor the URL scheme, so uvicorn's X-Forwarded-*
-        # middleware would only cost time (~1.5 us per request).
-        "proxy_headers": False,
-        "log_level": settings.log_level,
-        # Seconds as given: uvicorn annotates these as int but hands them to timers that take floats.
-        "timeout_keep_alive": settings.timeout_keep_alive_s,
-        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
-        "ssl_certfile": settings.ssl_certfile,
-        "ssl_keyfile": settings.ssl_keyfile,
-    }
+    common = uvicorn_options(settings)
     if settings.workers == 1:
         lifecycle = Lifecycle()
         config = uvicorn.Config(create_app(settings, lifecycle), loop="uvloop", **common)

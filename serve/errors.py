@@ -14,14 +14,15 @@ the same message and the same status family whichever way the request came in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import orjson
-from starlette.types import Send
 
 Headers = list[tuple[bytes, bytes]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+"""ASGI's send, as Starlette's types spell it: the core imports no web framework."""
 
 
 class ServeError(Exception):

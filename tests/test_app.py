@@ -370,3 +370,15 @@ def test_the_cyclic_gc_threshold_is_raised_while_serving_and_restored_after(mode
     assert gc.get_threshold() == before
     with pytest.raises(ValueError, match="SERVE_GC_THRESHOLD must be > 0, got 0"):
         Settings(gc_threshold=0)
+
+
+def test_cache_statistics_count_real_hits_and_misses(model_dir: Path) -> None:
+    settings = Settings(model_dir=model_dir, cache_max_entries=10, poll_interval_s=0)
+    with TestClient(create_app(settings)) as cached:
+        for _ in range(3):
+            assert cached.post("/predict", json={"age": 35}).json() == {"predicted_weight": 75.0}
+        cached.post("/predict", json={"age": 36})
+        stats = cached.get("/v2/models/age-weight/stats").json()["model_stats"][0]["inference_stats"]
+    assert (stats["cache_hit"]["count"], stats["cache_miss"]["count"]) == (2, 2)
+    assert stats["cache_hit"]["ns"] > 0 and stats["cache_miss"]["ns"] > 0
+    assert stats["success"]["count"] == 2, "hits run no batch"

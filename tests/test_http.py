@@ -202,3 +202,26 @@ def test_real_server_answers_head_100_continue_and_pipelined_requests(server_url
         assert response() == (b"HTTP/1.1 200 OK\r\n", b'{"predicted_weight":75.0}')
         connection.sendall((predict + b"\r\n" + body) * 2)
         assert [response() for _ in range(2)] == [(b"HTTP/1.1 200 OK\r\n", b'{"predicted_weight":75.0}')] * 2
+
+
+def test_the_uvicorn_internals_tabserve_relies_on_are_still_there() -> None:
+    """serve/http.py subclasses uvicorn's private HttpToolsProtocol (pyproject pins the tested versions):
+    this names everything it relies on, so an upgrade that moves any of it fails here, by name."""
+    import inspect
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    for method in ("connection_made", "on_message_begin", "on_headers_complete", "on_response_complete",
+                   "connection_lost"):  # fmt: skip
+        assert callable(getattr(HttpToolsProtocol, method, None)), f"HttpToolsProtocol.{method}"
+    assert list(inspect.signature(HttpToolsProtocol.__init__).parameters)[1:4] == [
+        "config",
+        "server_state",
+        "app_state",
+    ]
+    protocol_source = inspect.getsource(HttpToolsProtocol)
+    for attribute in ("self.cycle", "self.transport", "self.loop"):
+        assert attribute in protocol_source, f"HttpToolsProtocol no longer has {attribute}"
+    cycle_source = inspect.getsource(RequestResponseCycle)
+    for attribute in ("self.scope", "self.transport.write", "self.waiting_for_100_continue"):
+        assert attribute in cycle_source, f"RequestResponseCycle no longer uses {attribute}"

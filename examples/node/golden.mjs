@@ -3,12 +3,11 @@
 // What a user of any language needs (see docs/model-repository.md):
 // - one input per feature, shape [N, 1]: FP32 -> Float32Array ("float32"), BYTES -> string[] ("string");
 // - a missing number is NaN (null in golden.json), a missing category is "";
-// - outputs: regression "variable" [N, 1]; classification "label" [N] and "probabilities" [N, C].
+// - outputs: regression "variable" [N, 1]; classification "label" [N] and "probabilities" [N, C];
+// - golden.json states its own tolerance: |got - want| <= atol + rtol * |want|, labels exactly.
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import * as ort from "onnxruntime-node";
-
-export const TOLERANCE = 1e-5;
 
 function inputTensor({ datatype, shape, data }) {
   if (datatype === "BYTES") return new ort.Tensor("string", data.map(String), shape);
@@ -21,6 +20,7 @@ export async function checkModel(folder) {
   const session = await ort.InferenceSession.create(path.join(folder, "model.onnx"));
   const feeds = Object.fromEntries(Object.entries(golden.inputs).map(([name, tensor]) => [name, inputTensor(tensor)]));
   const results = await session.run(feeds);
+  const { atol, rtol } = golden.tolerance;
   const problems = [];
   for (const [name, expected] of Object.entries(golden.outputs)) {
     const got = Array.from(results[name].data, (v) => (typeof v === "bigint" ? Number(v) : v));
@@ -29,7 +29,7 @@ export async function checkModel(folder) {
       continue;
     }
     expected.data.forEach((want, i) => {
-      const ok = expected.datatype === "BYTES" ? got[i] === want : Math.abs(got[i] - want) <= TOLERANCE * Math.max(1, Math.abs(want));
+      const ok = expected.datatype === "BYTES" ? got[i] === want : Math.abs(got[i] - want) <= atol + rtol * Math.abs(want);
       if (!ok) problems.push(`${name}[${i}]: onnxruntime-node ${got[i]}, scikit-learn ${want}`);
     });
   }
