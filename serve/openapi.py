@@ -6,20 +6,17 @@ from typing import Any
 
 from serve import __version__
 from serve.datatypes import V2_TO_NUMPY
+from serve.errors import ERRORS as ERROR_TABLE
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
+# Every error status the server answers with, from the one error table, each naming its error classes.
 ERRORS = {
-    str(code): {"description": text, "content": {"application/json": {"schema": ERROR}}}
-    for code, text in [
-        (400, "bad request"),
-        (401, "missing API key"),
-        (403, "wrong API key"),
-        (404, "unknown model or version"),
-        (413, "body or rows over the limit"),
-        (503, "busy, draining or shutting down"),
-        (504, "deadline passed"),
-    ]  # fmt: skip
+    str(status): {
+        "description": ", ".join(sorted(kind.__name__ for kind, (code, _) in ERROR_TABLE.items() if code == status)),
+        "content": {"application/json": {"schema": ERROR}},
+    }
+    for status in sorted({status for status, _ in ERROR_TABLE.values()})
 }
 
 SCHEMAS: dict[str, Any] = {
