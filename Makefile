@@ -31,14 +31,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Chromium (playground test) and Node.js (Node example) come from Debian's packages.
+# Chromium (playground test), Node.js (Node example) and wrk (overload test, benchmark) come from Debian's packages.
 system:
 	./scripts/system-deps.sh
 
 test: $(STAMP) system lint
 	$(BIN)/python -m pytest
 
-bench: $(STAMP) $(MODELS)/.examples
+bench: $(STAMP) system $(MODELS)/.examples
 	$(BIN)/python -m loadtest bench --model-dir $(MODELS)
 
 clean:

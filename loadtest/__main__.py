@@ -105,7 +105,8 @@ def run(scenario: str, budgets: Path, host: str | None, serve_dir: Path | None, 
 )
 def bench(model_dir: Path, example: str, loads: str, reps: int, duration_s: int, out: Path) -> None:
     """tabserve (batching on/off) vs a bare Starlette endpoint vs Flask + scikit-learn vs raw onnxruntime."""
-    from loadtest.bench import markdown, run_benchmark
+    from loadtest.bench import run_benchmark
+    from loadtest.report import markdown
 
     report = run_benchmark(model_dir, example, [int(load) for load in loads.split(",")], reps, duration_s, out)
     click.echo(markdown(report))

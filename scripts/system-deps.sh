@@ -10,7 +10,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)           # the overload test a
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # the TLS test's self-signed certificate
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
-  echo "missing ${missing[*]}: run 'sudo apt-get install ${missing[*]}' (the browser and Node tests need them)" >&2
+  echo "missing ${missing[*]}: run 'sudo apt-get install ${missing[*]}' (the tests and the benchmark need them)" >&2
   exit 1
 fi
 echo "installing ${missing[*]} from Debian's packages" >&2

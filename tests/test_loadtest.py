@@ -45,7 +45,7 @@ def test_impossible_budget_exits_non_zero_naming_the_breach(model_dir: Path, tmp
 
 
 def test_bench_calls_batching_a_win_or_loss_only_when_apart_from_the_a_a_control() -> None:
-    from loadtest.bench import verdict
+    from loadtest.report import verdict
 
     twin = [0.972, 1.004, 0.999, 0.978, 0.999]  # tabserve against itself, five repetitions
     # A median above every A/A ratio is not enough: one repetition inside their range makes a tie.

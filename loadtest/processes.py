@@ -1,0 +1,86 @@
+"""Process and CPU accounting for the benchmark: pinning to a core, CPU seconds from /proc, steal, idleness.
+
+Also what machine ran it. CPU figures come from Linux's /proc; pinning uses `taskset` or sched_setaffinity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def pinned(core: int, command: list[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *command] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else command
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / ticks
+
+
+def thread_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's live threads, to the nanosecond (schedstat); `cpu_seconds` counts 10-ms ticks.
+
+    A thread that ends takes its time with it, so this is for servers whose threads live as long as they
+    do (tabserve's are its event loop and thread pools), not for Flask's thread per request.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def wait_idle(pids: list[int], timeout_s: float = 20.0) -> float:
+    """Wait until the servers stop using CPU; return the seconds waited.
+
+    Flask's threaded dev server keeps working through its backlog (about a second of queued requests at
+    64 connections) after wrk stops; measured without this, that work landed on the next cell's server,
+    which shares core 0, and cut it by up to 40 %.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        before = sum(cpu_seconds(pid) for pid in pids)
+        time.sleep(0.25)
+        if sum(cpu_seconds(pid) for pid in pids) - before < 0.01:
+            break
+    return time.monotonic() - started
+
+
+def steal_ticks() -> tuple[int, int]:
+    values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return values[7], sum(values)
+
+
+@contextlib.contextmanager
+def on_core(core: int) -> Iterator[None]:
+    """Run this process on `core` for a while, as `pinned` does for a command."""
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}

@@ -1,0 +1,123 @@
+"""Driving wrk: the Lua script that sends prepared bodies in turn, running one wrk per server, reading its result.
+
+Also how wrk compares with one locust process as a load generator.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loadtest.processes import pinned
+
+WRK_SCRIPT = """
+local requests = {{}}
+local sent = 0
+
+local function request_from(path, headers)
+  local file = io.open(path, "rb")
+  local body = file:read("*a")
+  file:close()
+  return wrk.format("POST", nil, headers, body)
+end
+
+init = function(args)
+{loads}
+end
+
+-- Every request is built once, in init: picking the next costs wrk next to nothing.
+request = function()
+  sent = sent % #requests + 1
+  return requests[sent]
+end
+
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  local format = '{{"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, "p50_us": %f, "p99_us": %f}}\\n'
+  io.write(string.format(format, summary.requests, summary.duration, errors, summary.errors.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def find_wrk() -> str:
+    """The wrk on PATH. The benchmark installs nothing: `make system` (scripts/system-deps.sh) installs wrk."""
+    found = shutil.which("wrk")
+    if not found:
+        raise RuntimeError(
+            "wrk is needed for the benchmark but is not on PATH: "
+            "run `make system` (scripts/system-deps.sh) to install it"
+        )
+    return found
+
+
+def wrk_script(folder: Path, payloads: list[Any]) -> Path:
+    """A wrk script in `folder` that sends `payloads` in turn, each built once."""
+    loads = []
+    for index, payload in enumerate(payloads):
+        body_file = folder / f"body-{index}"
+        body_file.write_bytes(payload.body)
+        headers = ", ".join(f'["{key}"] = "{value}"' for key, value in payload.headers.items())
+        loads.append(f'  requests[{index + 1}] = request_from("{body_file}", {{{headers}}})')
+    script = folder / "post.lua"
+    script.write_text(WRK_SCRIPT.format(loads="\n".join(loads)))
+    return script
+
+
+def run_wrks(
+    wrk: str, bases: list[str], payloads: list[Any], connections: int, duration_s: int
+) -> list[dict[str, Any]]:
+    """One wrk per base URL, all started together from core 1, sending `payloads` in turn for `duration_s`."""
+    with tempfile.TemporaryDirectory() as folder:
+        script = wrk_script(Path(folder), payloads)
+        commands = [
+            pinned(1, [wrk, "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(script),
+                       base + payloads[0].path])
+            for base in bases
+        ]  # fmt: skip
+        running = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for command in commands]
+        try:
+            outputs = [process.communicate(timeout=duration_s + 30)[0] for process in running]
+        finally:
+            for process in running:  # a wrk that hung must not outlive its cell, nor load the next one
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+    for command, process in zip(commands, running, strict=True):
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, command)
+    return [json.loads([line for line in out.splitlines() if line.startswith("{")][-1]) for out in outputs]
+
+
+def run_wrk(wrk: str, base: str, payloads: list[Any], connections: int, duration_s: int) -> dict[str, Any]:
+    return run_wrks(wrk, [base], payloads, connections, duration_s)[0]
+
+
+def compare_generators(wrk: str, bare: tuple[str, int], payloads: list[Any], duration_s: int) -> dict[str, float]:
+    """Which load generator is faster against the bare endpoint at 64 connections: wrk or one locust process."""
+    url, _ = bare
+    wrk_rps = run_wrk(wrk, url, payloads, 64, duration_s)
+    with tempfile.TemporaryDirectory() as folder:
+        locustfile = Path(folder) / "ceiling.py"
+        locustfile.write_text(
+            "import itertools\n"
+            "from locust import FastHttpUser, task, constant\n"
+            f"BODIES = itertools.cycle({[payload.body for payload in payloads]!r})\n"
+            "class Ceiling(FastHttpUser):\n"
+            "    wait_time = constant(0)\n"
+            "    @task\n"
+            "    def post(self):\n"
+            f"        self.client.post({payloads[0].path!r}, data=next(BODIES))\n"
+        )
+        command = pinned(1, [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--host", url,
+                             "-u", "64", "-r", "64", "-t", f"{duration_s}s", "--json", "--skip-log"])  # fmt: skip
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
+    totals = json.loads(completed.stdout)
+    requests = sum(entry["num_requests"] for entry in totals)
+    elapsed = max(entry["last_request_timestamp"] for entry in totals) - min(entry["start_time"] for entry in totals)
+    return {"wrk_rps": wrk_rps["requests"] / (wrk_rps["duration_us"] / 1e6), "locust_rps": requests / elapsed}
