@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from contract import MODEL_FILE
 from loadtest.cells import DUELS, PAYLOADS, SYSTEMS_BY_PAYLOAD, VARIANTS, Cell, Measurement
 from loadtest.payloads import ModelPayloads
 from loadtest.processes import cpu_seconds, machine, on_core, pinned, steal_ticks, thread_cpu_seconds, wait_idle
@@ -121,7 +122,7 @@ def in_process_rows_per_s(
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
     golden = {name: golden_array(tensor) for name, tensor in model.golden["inputs"].items()}
     feeds = [{name: array[picks] for name, array in golden.items()} for picks in batches]
     calls, started = 0, time.perf_counter()
