@@ -22,19 +22,10 @@ from typing import Literal
 
 from serve.columns import Feed, Inputs, Outputs, Signature, assemble, feed_signature, split
 from serve.deadlines import EarliestDeadline
-from serve.errors import (
-    DeadlineExceededError,
-    InferenceFailedError,
-    ModelNotReadyError,
-    ServeError,
-    ServerBusyError,
-)
+from serve.errors import DeadlineExceededError, InferenceFailedError, ModelNotReadyError, ServeError, ServerBusyError
+from serve.waves import Waves
 
 logger = logging.getLogger("tabserve.batching")
-SUSTAINED_LOAD_GAP_S = 0.005
-"""A batch that follows a batch of several requests this closely is under sustained load."""
-WAVE_MEMORY = 16
-"""Batches over which the largest one's request count is kept as the size of the wave under load."""
 
 
 @dataclass(slots=True)
@@ -47,24 +38,26 @@ class _Item:
     enqueued: float
 
 
+Outcome = Literal["success", "failure", "retried"]
+
+
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
-    """One run of the model on a batch, as observers (statistics, metrics) are told of it."""
+    """One run of the model, as observers (statistics, metrics) are told of it.
+
+    "retried": the batch failed and each request then ran alone; those runs are reported on their own,
+    so this one's `queue_ns` (the requests' summed wait) is 0. The three durations are assembling the
+    inputs, the model's run and splitting the outputs; `queued` is how many requests still wait.
+    """
 
     requests: int
     rows: int
-    outcome: Literal["success", "failure", "retried"]
-    """retried: the batch failed and each request ran again alone; those runs are reported on their own."""
+    outcome: Outcome
     queue_ns: int
-    """The requests' summed wait before this run; 0 when retried (they are counted when they run again)."""
     input_ns: int
-    """Assembling the batch's input arrays."""
     infer_ns: int
-    """The model's own run."""
     output_ns: int
-    """Cutting the outputs back into one part per request."""
     queued: int
-    """Requests still waiting after it."""
 
 
 class MicroBatcher:
@@ -95,11 +88,7 @@ class MicroBatcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_rows = 0
         self._wakeup: asyncio.Future[None] | None = None
-        self._last_batch = (0, -math.inf)
-        """(requests, loop time it ended) of the latest batch: whether the load is sustained."""
-        self._recent_batches: collections.deque[int] = collections.deque(maxlen=WAVE_MEMORY)
-        self._wave = 0
-        """The most requests in one of the recent batches: how many to gather under sustained load."""
+        self._waves = Waves()
         self._gathered: asyncio.Future[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._running: list[_Item] = []
@@ -189,25 +178,15 @@ class MicroBatcher:
                     await self._execute(batch)
                 finally:
                     self._running = []
-                    self._last_batch = (len(batch), loop.time())
-                    self._recent_batches.append(len(batch))
-                    self._wave = max(self._recent_batches)
+                    self._waves.batch_ended(len(batch), loop.time())
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Under sustained load, wait up to adaptive_wait_ms for a full batch or a whole wave.
+        """Under sustained load, wait up to adaptive_wait_ms for a full batch or a whole wave (serve/waves.py).
 
-        Clients under load send their next requests as their answers arrive, so requests come in
-        waves; taking the queue at the first arrival cuts each wave into several batches (measured at
-        64 connections: 23 rows per batch and 16.3k requests/s, against 64 rows and 18k requests/s
-        when waiting). The wave is as many requests as the largest recent batch: the largest, not the
-        last, so that two halves of a cut wave join again. Waiting only for max_batch_size rows would
-        hold every batch for the whole wait whenever fewer clients than that are sending. (uvloop
-        rounds timers to milliseconds, so the default 0.5 ms ends at the loop's next pass; the wave
-        matters on the asyncio loop, which `workers > 1` uses, and for longer waits.) A lone request,
-        or the first after a pause, expects no company and runs at once.
+        uvloop rounds timers to milliseconds, so the default 0.5 ms ends at the loop's next pass; the wave
+        matters on the asyncio loop, which `workers > 1` uses, and for longer waits.
         """
-        requests, ended = self._last_batch
-        if requests < 2 or loop.time() - ended > SUSTAINED_LOAD_GAP_S or self._gathered_enough():
+        if not self._waves.sustained(loop.time()) or self._gathered_enough():
             return
         self._gathered = loop.create_future()
         timer = loop.call_later(self._adaptive_wait_s, _resolve, self._gathered)
@@ -218,7 +197,7 @@ class MicroBatcher:
             self._gathered = None
 
     def _gathered_enough(self) -> bool:
-        return self._queued_rows >= self._max_batch_size or len(self._queue) >= self._wave
+        return self._queued_rows >= self._max_batch_size or len(self._queue) >= self._waves.size
 
     def _expire(self, now: float) -> float:
         """Fail every request past its deadline, whether queued or running; return the next deadline.
@@ -297,9 +276,7 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.set_result(part)
 
-    def _report(
-        self, batch: list[_Item], rows: int, outcome: Literal["success", "failure", "retried"], *ns: int
-    ) -> None:
+    def _report(self, batch: list[_Item], rows: int, outcome: Outcome, *ns: int) -> None:
         if self._on_batch is None:
             return
         input_ns, infer_ns, output_ns = ns
