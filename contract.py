@@ -23,7 +23,8 @@ GOLDEN_ATOL = 1e-4
 GOLDEN_RTOL = 1e-4
 """|runtime - scikit-learn| <= atol + rtol * |scikit-learn| for every golden number; labels exactly.
 
-The parity gate's defaults too: a model that passed the gate must reproduce its golden vectors."""
+The parity gate's defaults. golden.json records the tolerance its export was gated with (`tolerance`),
+and a runtime checks the file against that: a model that passed its gate reproduces its golden vectors."""
 
 Task = Literal["regression", "classification"]
 Kind = Literal["numeric", "categorical"]

@@ -131,7 +131,10 @@ def encode_tensor(array: npt.NDArray[Any], datatype: str) -> dict[str, Any]:
 
 
 def build_golden(
-    feed: dict[str, npt.NDArray[Any]], outputs: dict[str, npt.NDArray[Any]], card: ModelCard
+    feed: dict[str, npt.NDArray[Any]],
+    outputs: dict[str, npt.NDArray[Any]],
+    card: ModelCard,
+    tolerance: tuple[float, float] = (GOLDEN_ATOL, GOLDEN_RTOL),
 ) -> dict[str, Any]:
     """Inputs and scikit-learn's outputs for them, and the tolerance to hold them to, readable from any language."""
     input_types = {spec["name"]: spec["datatype"] for spec in card["inputs"]}
@@ -139,7 +142,7 @@ def build_golden(
     return {
         "format": CARD_FORMAT,
         "note": "outputs are scikit-learn's; null in FP32 inputs means a missing value (NaN)",
-        "tolerance": {"atol": GOLDEN_ATOL, "rtol": GOLDEN_RTOL},
+        "tolerance": {"atol": tolerance[0], "rtol": tolerance[1]},
         "inputs": {name: encode_tensor(array, input_types[name]) for name, array in feed.items()},
         "outputs": {name: encode_tensor(array, output_types[name]) for name, array in outputs.items()},
     }

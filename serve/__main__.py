@@ -98,7 +98,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 @click.option("--ssl-keyfile", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TLS private key.")
 @click.option("--log-level", default=None, help="debug, info, warning, error [SERVE_LOG_LEVEL].")
 def main(**options: Any) -> None:
-    """Serve every model in the repository over the Open Inference Protocol (see README for SERVE_* settings)."""
+    """Serve every model in the repository over the Open Inference Protocol (docs/configuration.md lists every SERVE_* setting)."""
     try:
         settings = Settings.from_env(os.environ, **options)
     except ValueError as exc:

@@ -53,11 +53,11 @@ class Settings:
     max_batch_delay_ms: float = 0.0
     """Wait this long for a full batch, even when idle (Triton's max_queue_delay); 0 = never."""
     adaptive_batch_wait_ms: float = 0.5
-    """Under sustained load only, wait up to this long for max_batch_size rows or a wave of requests (README)."""
+    """Under sustained load only, wait up to this long for max_batch_size rows or a wave of requests (serve/waves.py)."""
     max_queue_size: int = 1024
     """Requests waiting per model version; beyond it new ones get 503 + Retry-After at once."""
     inline_batch_rows: int = 256
-    """Batches up to this many rows run on the event loop; larger ones in a worker thread (see README)."""
+    """Batches up to this many rows run on the event loop; larger ones in a worker thread (docs/operations.md)."""
 
     max_body_bytes: int = 8 * 1024 * 1024
     max_request_rows: int = 10_000
