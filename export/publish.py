@@ -105,7 +105,9 @@ def export_pipeline(
         return {
             MODEL_FILE: model_bytes,
             CARD_FILE: cards.dumps(card),
-            GOLDEN_FILE: cards.dumps(cards.build_golden(golden_feed, golden_outputs, card, (tolerance.atol, tolerance.rtol))),
+            GOLDEN_FILE: cards.dumps(
+                cards.build_golden(golden_feed, golden_outputs, card, (tolerance.atol, tolerance.rtol))
+            ),
         }
 
     version, path = publish(model_dir, name, render)

@@ -73,7 +73,9 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: IO[bytes], timeo
 
 
 def tabserve_command(model_dir: Path, port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "serve", "--model-dir", str(model_dir), "--port", str(port), *args]
+    """`python -m serve` on `port`; gRPC off unless `args` give it a port, so no two servers meet on 8001."""
+    grpc = () if "--grpc-port" in args else ("--grpc-port", "off")
+    return [sys.executable, "-m", "serve", "--model-dir", str(model_dir), "--port", str(port), *grpc, *args]
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -14,9 +14,10 @@ from typing import Any
 import click
 import uvicorn
 
-from serve.app import Lifecycle, create_app
+from serve.app import create_app
 from serve.http import http_protocol
 from serve.settings import Settings
+from serve.state import Lifecycle
 
 logger = logging.getLogger("tabserve")
 
@@ -91,6 +92,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 )
 @click.option("--host", default=None, help="Bind address [env SERVE_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [env SERVE_PORT, default 8000].")
+@click.option(
+    "--grpc-port", default=None, help="gRPC port, 'off' or 0 for any free one [env SERVE_GRPC_PORT, default 8001]."
+)
 @click.option("--workers", type=int, default=None, help="Worker processes [env SERVE_WORKERS, default 1].")
 @click.option("--max-batch-size", type=int, default=None, help="Rows per onnxruntime call [SERVE_MAX_BATCH_SIZE].")
 @click.option("--max-batch-delay-ms", type=float, default=None, help="Wait to grow batches [SERVE_MAX_BATCH_DELAY_MS].")
@@ -98,8 +102,13 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 @click.option("--ssl-keyfile", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TLS private key.")
 @click.option("--log-level", default=None, help="debug, info, warning, error [SERVE_LOG_LEVEL].")
 def main(**options: Any) -> None:
-    """Serve every model in the repository over the Open Inference Protocol (docs/configuration.md lists every SERVE_* setting)."""
+    """Serve every model in the repository over the Open Inference Protocol (settings: docs/configuration.md)."""
     try:
+        # The gRPC port arrives as text ("off" or a number): parsed as the variable it stands for, which
+        # worker processes read too.
+        grpc_port = options.pop("grpc_port")
+        if grpc_port is not None:
+            os.environ["SERVE_GRPC_PORT"] = grpc_port
         settings = Settings.from_env(os.environ, **options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

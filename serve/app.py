@@ -8,10 +8,9 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,7 +24,6 @@ from serve import endpoints, inference
 from serve.auth import AuthMiddleware, KeyRing
 from serve.cache import ResponseCache
 from serve.errors import (
-    InFlightLimitError,
     InvalidRequestError,
     MethodNotAllowedError,
     RouteNotFoundError,
@@ -34,27 +32,16 @@ from serve.errors import (
     send_error,
 )
 from serve.gc_tuning import tuned_gc
+from serve.grpc.server import start_grpc
+from serve.inflight import InFlight
 from serve.metrics import Metrics
 from serve.repository import ModelRepository
+from serve.scoring import Scorer
 from serve.settings import Settings
+from serve.state import AppState, Lifecycle
 
 logger = logging.getLogger("tabserve")
 STATIC_DIR = Path(__file__).with_name("static")
-
-
-@dataclass
-class Lifecycle:
-    """Readiness: true after every model is loaded and warmed up, false again once shutdown begins."""
-
-    ready: bool = False
-
-
-class AppState(TypedDict):
-    settings: Settings
-    repository: ModelRepository
-    lifecycle: Lifecycle
-    metrics: Metrics
-    cache: ResponseCache | None
 
 
 def routes() -> list[BaseRoute]:
@@ -98,10 +85,9 @@ class InferenceFront:
 
     MAX_REMEMBERED_PATHS = 1024
 
-    def __init__(self, app: Starlette, routes: list[BaseRoute], max_in_flight: int) -> None:
+    def __init__(self, app: Starlette, routes: list[BaseRoute], in_flight: InFlight) -> None:
         self.app = app
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        self.in_flight = in_flight
         self.fast = [
             (route, route.endpoint)
             for route in routes
@@ -130,17 +116,18 @@ class InferenceFront:
             await self.app(scope, receive, send)
             return
         endpoint, params = found
-        if self.in_flight >= self.max_in_flight:
+        in_flight = self.in_flight
+        refusal = in_flight.refusal()
+        if refusal is not None:
             scope["state"]["metrics"].rejected.labels("in_flight").inc()
-            message = f"the server is handling {self.max_in_flight} inference requests, its limit; retry shortly"
-            await send_error(send, InFlightLimitError(message))
+            await send_error(send, refusal)
             return
         scope["path_params"] = params  # shared between requests to the same path: read, never written
-        self.in_flight += 1
+        in_flight.count += 1
         try:
             await endpoint(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            in_flight.count -= 1
 
 
 async def render_serve_error(request: Request, exc: Exception) -> Response:
@@ -173,6 +160,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
     """
     keys = KeyRing.from_settings(settings)
     lifecycle = lifecycle or Lifecycle()
+    in_flight = InFlight(settings.max_in_flight)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
@@ -188,18 +176,24 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
             poller = (
                 asyncio.create_task(repository.poll(settings.poll_interval_s)) if settings.poll_interval_s else None
             )
+            cache = ResponseCache(settings.cache_max_entries) if settings.cache_max_entries else None
+            state: AppState = {
+                "settings": settings,
+                "repository": repository,
+                "lifecycle": lifecycle,
+                "metrics": metrics,
+                "scorer": Scorer(settings.request_timeout_s, cache),
+            }
+            # gRPC shares this loop, these models, batchers, keys and limits: one lifespan for both.
+            grpc_server = await start_grpc(state, keys, in_flight) if settings.grpc_port is not None else None
             lifecycle.ready = True
             try:
                 with tuned_gc(settings.gc_threshold):
-                    yield {
-                        "settings": settings,
-                        "repository": repository,
-                        "lifecycle": lifecycle,
-                        "metrics": metrics,
-                        "cache": ResponseCache(settings.cache_max_entries) if settings.cache_max_entries else None,
-                    }
+                    yield state
             finally:
                 lifecycle.ready = False
+                if grpc_server is not None:
+                    await grpc_server.stop(settings.shutdown_timeout_s)  # in-flight RPCs finish first
                 if poller is not None:
                     poller.cancel()
                 await repository.close()
@@ -210,5 +204,5 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
         lifespan=lifespan,
         exception_handlers={ServeError: render_serve_error, HTTPException: render_http_error},
     )
-    front = InferenceFront(app, table, settings.max_in_flight)
+    front = InferenceFront(app, table, in_flight)
     return AuthMiddleware(front, keys) if keys.enabled else front  # no key, no layer on the hot path

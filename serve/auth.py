@@ -110,11 +110,20 @@ class AuthMiddleware:
 
 
 def _presented_key(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return str(token.strip())
-        elif name == b"x-api-key" and value.strip():
-            return str(value.decode("latin-1").strip())
+    headers = dict(scope["headers"])
+    authorization, api_key = headers.get(b"authorization"), headers.get(b"x-api-key")
+    return presented_key(
+        None if authorization is None else authorization.decode("latin-1"),
+        None if api_key is None else api_key.decode("latin-1"),
+    )
+
+
+def presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    """The key from 'Authorization: Bearer <key>' or 'X-API-Key: <key>' (HTTP headers or gRPC metadata)."""
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    if api_key is not None and api_key.strip():
+        return api_key.strip()
     return None

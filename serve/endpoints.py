@@ -10,17 +10,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve import __version__
+from serve import descriptions
 from serve.body import read_body
-from serve.datatypes import V2_TO_TRITON_CONFIG
 from serve.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from serve.metrics import Metrics
 from serve.openapi import openapi_document
 from serve.protocol import parse_json
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
-
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository"]
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -64,7 +61,7 @@ async def server_ready(request: Request) -> Response:
 
 
 async def server_metadata(request: Request) -> Response:
-    return json_response({"name": "tabserve", "version": __version__, "extensions": EXTENSIONS})
+    return json_response(descriptions.server_metadata())
 
 
 async def model_ready(request: Request) -> Response:
@@ -76,29 +73,7 @@ async def model_ready(request: Request) -> Response:
 
 async def model_metadata(request: Request) -> Response:
     model = _entry(request).model
-    card = model.card
-    parameters = {
-        "version": str(model.version),
-        "task": model.task,
-        "description": card["description"],
-        "features": card["features"],
-        "classes": model.classes,
-        "target": card["target"],
-        "estimator": card["estimator"],
-        "metrics": card["metrics"],
-        "parity": card["parity"],
-        "sha256": card["sha256"],
-    }
-    return json_response(
-        {
-            "name": model.name,
-            "versions": [str(version) for version in _repository(request).versions(model.name)],
-            "platform": "onnxruntime_onnx",
-            "inputs": [spec.to_json() for spec in model.inputs],
-            "outputs": [spec.to_json() for spec in model.outputs],
-            "parameters": parameters,
-        }
-    )
+    return json_response(descriptions.model_metadata(model, _repository(request).versions(model.name)))
 
 
 async def model_golden(request: Request) -> Response:
@@ -111,43 +86,13 @@ async def model_golden(request: Request) -> Response:
 
 async def model_config(request: Request) -> Response:
     """Triton's model configuration, as tritonclient.get_model_config and perf_analyzer read it."""
-    model = _entry(request).model
-    settings: Settings = request.state.settings
-
-    def tensors(specs: Any) -> list[dict[str, Any]]:
-        # With max_batch_size > 0 Triton's dims leave out the batch dimension.
-        return [
-            {"name": s.name, "data_type": V2_TO_TRITON_CONFIG[s.datatype], "dims": list(s.shape[1:])} for s in specs
-        ]
-
-    return json_response(
-        {
-            "name": model.name,
-            "platform": "onnxruntime_onnx",
-            "backend": "onnxruntime",
-            "version_policy": {"all": {}},
-            "max_batch_size": settings.max_batch_size,
-            "input": tensors(model.inputs),
-            "output": tensors(model.outputs),
-            "dynamic_batching": {"max_queue_delay_microseconds": int(settings.max_batch_delay_ms * 1000)},
-            "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
-        }
-    )
+    return json_response(descriptions.model_config(_entry(request).model, request.state.settings))
 
 
 async def model_stats(request: Request) -> Response:
     """Triton's statistics extension for one version, every version of a model, or every model."""
-    repository = _repository(request)
-    if "model_name" in request.path_params:
-        name, version = request.path_params["model_name"], request.path_params.get("model_version")
-        entries = (
-            [repository.get(name, version)]
-            if version
-            else [repository.get(name, str(v)) for v in repository.versions(name)]
-        )
-    else:
-        entries = list(repository.entries())
-    stats = [entry.statistics.to_triton(entry.model.name, entry.model.version) for entry in entries]
+    params = request.path_params
+    stats = descriptions.model_statistics(_repository(request), params.get("model_name"), params.get("model_version"))
     return json_response({"model_stats": stats})
 
 
@@ -169,28 +114,14 @@ async def repository_index(request: Request) -> Response:
     options = parse_json(body) if body.strip() else {}
     if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
         raise InvalidRequestError(f'expected an object like {{"ready": true}}, got {body[:80]!r}')
-    only_ready = options.get("ready", False)
-    index: list[dict[str, Any]] = [
-        {"name": entry.model.name, "version": str(entry.model.version), "state": "READY", "reason": ""}
-        for entry in repository.entries()
-    ]
-    if not only_ready:
-        index += [
-            {"name": name, "version": str(version), "state": "UNAVAILABLE", "reason": reason}
-            for (name, version), reason in sorted(repository.failures.items())
-        ]
-    return json_response(sorted(index, key=lambda item: (item["name"], int(item["version"]))))
+    return json_response(descriptions.repository_index(repository, options.get("ready", False)))
 
 
 async def repository_load(request: Request) -> Response:
     """Load (or reload) a model's versions from disk; a refused version is a 400 naming why, old ones keep serving."""
     name = request.path_params["model_name"]
-    refusals = await _repository(request).refresh(only=name)
-    if refusals:
-        raise InvalidRequestError("; ".join(refusals))
-    if not _repository(request).versions(name):
-        raise ModelNotFoundError(f"no servable version of {name!r} under the model directory")
-    return json_response({"name": name, "versions": [str(v) for v in _repository(request).versions(name)]})
+    versions = await descriptions.load_model(_repository(request), name)
+    return json_response({"name": name, "versions": [str(v) for v in versions]})
 
 
 async def repository_unload(request: Request) -> Response:

@@ -42,7 +42,10 @@ LATENCY_BUCKETS = (
 )
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 LABELS = ("model", "version")
-REQUESTS = ("tabserve_requests", "Inference requests by model, version and HTTP status.")
+REQUEST_LABELS = (*LABELS, "protocol")
+"""Requests are also told apart by the front end they came through."""
+PROTOCOLS = ("rest", "grpc")
+REQUESTS = ("tabserve_requests", "Inference requests by model, version, protocol and HTTP(-equivalent) status.")
 REQUEST_SECONDS = ("tabserve_request_duration_seconds", "Inference latency, arrival to answer.")
 # Each bucket's "le" label exactly as prometheus-client's own histograms write it.
 BUCKET_BOUNDS = tuple(floatToGoString(bound) for bound in (*LATENCY_BUCKETS, math.inf))  # type: ignore[no-untyped-call]
@@ -78,7 +81,7 @@ class RequestTally:
 class TallyCollector:
     """Exposes request tallies under the names and labels prometheus-client's own metrics would have."""
 
-    def __init__(self, tallies: dict[tuple[str, str], RequestTally]) -> None:
+    def __init__(self, tallies: dict[tuple[str, ...], RequestTally]) -> None:
         self.tallies = tallies
 
     def describe(self) -> list[Metric]:
@@ -96,14 +99,14 @@ class TallyCollector:
 
     @staticmethod
     def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
-        return (CounterMetricFamily(*REQUESTS, labels=(*LABELS, "status")),
-                HistogramMetricFamily(*REQUEST_SECONDS, labels=LABELS))  # fmt: skip
+        return (CounterMetricFamily(*REQUESTS, labels=(*REQUEST_LABELS, "status")),
+                HistogramMetricFamily(*REQUEST_SECONDS, labels=REQUEST_LABELS))  # fmt: skip
 
 
 class SharedRequests:
     """Write-through request metrics for worker processes (prometheus-client's multiprocess files)."""
 
-    def __init__(self, requests: Counter, request_seconds: Histogram, labels: tuple[str, str]) -> None:
+    def __init__(self, requests: Counter, request_seconds: Histogram, labels: tuple[str, ...]) -> None:
         self._requests = requests
         self._labels = labels
         self._by_status: dict[int, Counter] = {}  # children bound once: a label lookup costs ~1 us
@@ -123,8 +126,8 @@ class ModelMetrics:
 
     parent: Metrics
     labels: tuple[str, str]
-    request: Callable[[int, float], None]
-    """Count one answered request: its HTTP status and seconds from arrival to answer."""
+    requests: dict[str, Callable[[int, float], None]]
+    """Per protocol: count one answered request, its HTTP(-equivalent) status and seconds from arrival to answer."""
     queue_wait_seconds: Any
     batch_rows: Any
     inference_seconds: Any
@@ -144,11 +147,13 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = None if multiprocess() else self.registry
-        self._tallies: dict[tuple[str, str], RequestTally] = {}
+        self._tallies: dict[tuple[str, ...], RequestTally] = {}
         self._shared: tuple[Counter, Histogram] | None = None
         if registry is None:
-            self._shared = (Counter(*REQUESTS, (*LABELS, "status"), registry=None),
-                            Histogram(*REQUEST_SECONDS, LABELS, buckets=LATENCY_BUCKETS, registry=None))  # fmt: skip
+            self._shared = (
+                Counter(*REQUESTS, (*REQUEST_LABELS, "status"), registry=None),
+                Histogram(*REQUEST_SECONDS, REQUEST_LABELS, buckets=LATENCY_BUCKETS, registry=None),
+            )
         else:
             self.registry.register(TallyCollector(self._tallies))
         # A sum, as Triton's nv_inference_queue_duration_us: per batch, not per request, since it is on the
@@ -170,13 +175,14 @@ class Metrics:
             "tabserve_cache_lookups", "Response cache lookups by result.", ("result",), registry=registry
         )
 
-    def requests_for(self, labels: tuple[str, str]) -> Callable[[int, float], None]:
+    def requests_for(self, labels: tuple[str, str], protocol: str) -> Callable[[int, float], None]:
         """Where requests with these (model, version) labels are counted: `UNRESOLVED` for no model."""
+        key = (*labels, protocol)
         if self._shared is not None:
-            return SharedRequests(*self._shared, labels).request
-        tally = self._tallies.get(labels)
+            return SharedRequests(*self._shared, key).request
+        tally = self._tallies.get(key)
         if tally is None:
-            tally = self._tallies[labels] = RequestTally()
+            tally = self._tallies[key] = RequestTally()
         return tally.request
 
     def for_model(self, name: str, version: int) -> ModelMetrics:
@@ -184,7 +190,7 @@ class Metrics:
         return ModelMetrics(
             self,
             labels,
-            self.requests_for(labels),
+            {protocol: self.requests_for(labels, protocol) for protocol in PROTOCOLS},
             self.queue_wait_seconds.labels(*labels),
             self.batch_rows.labels(*labels),
             self.inference_seconds.labels(*labels),

@@ -20,6 +20,10 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
+def _parse_port_or_off(text: str) -> int | None:
+    return None if text.strip().lower() == "off" else int(text)
+
+
 def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -33,6 +37,7 @@ PARSERS: dict[Any, Callable[[str], Any]] = {
     Path: Path,
     Path | None: Path,
     str | None: str,
+    int | None: _parse_port_or_off,
     tuple[str, ...]: _parse_list,
 }
 
@@ -43,6 +48,8 @@ class Settings:
     """Model repository: <name>/<version>/model.onnx + model.json (docs/model-repository.md)."""
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = 8001
+    """The Open Inference Protocol over gRPC (Triton's port); "off" serves none, 0 picks a free port and logs it."""
     workers: int = 1
     """Server processes; ONNX Runtime threads per process are sized so workers x threads <= cores."""
     default_model: str = "age-weight"
@@ -53,7 +60,7 @@ class Settings:
     max_batch_delay_ms: float = 0.0
     """Wait this long for a full batch, even when idle (Triton's max_queue_delay); 0 = never."""
     adaptive_batch_wait_ms: float = 0.5
-    """Under sustained load only, wait up to this long for max_batch_size rows or a wave of requests (serve/waves.py)."""
+    """Under sustained load only, wait up to this long for max_batch_size rows or a wave of requests (waves.py)."""
     max_queue_size: int = 1024
     """Requests waiting per model version; beyond it new ones get 503 + Retry-After at once."""
     inline_batch_rows: int = 256
@@ -99,6 +106,8 @@ class Settings:
     """One JSON line per inference request (request id, model, version, rows, status, latency, batch)."""
 
     def __post_init__(self) -> None:
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise ValueError(f"SERVE_GRPC_PORT must be a port (0 picks one) or 'off', got {self.grpc_port!r}")
         positive = ("port", "workers", "max_batch_size", "max_queue_size", "max_body_bytes", "max_request_rows",
                     "ort_intra_op_threads", "ort_inter_op_threads", "max_in_flight", "gc_threshold")  # fmt: skip
         for name in positive:

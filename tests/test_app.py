@@ -26,7 +26,7 @@ PENGUIN = {
 
 @pytest.fixture(scope="module")
 def client(model_dir: Path) -> Iterator[TestClient]:
-    settings = Settings(model_dir=model_dir, max_body_bytes=64 * 1024, max_request_rows=100)
+    settings = Settings(model_dir=model_dir, grpc_port=None, max_body_bytes=64 * 1024, max_request_rows=100)
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 
@@ -365,7 +365,7 @@ def test_records_reject_a_number_for_a_category(client: TestClient) -> None:
 
 def test_the_cyclic_gc_threshold_is_raised_while_serving_and_restored_after(model_dir: Path) -> None:
     before = gc.get_threshold()
-    with TestClient(create_app(Settings(model_dir=model_dir, gc_threshold=12_345, poll_interval_s=0))):
+    with TestClient(create_app(Settings(model_dir=model_dir, grpc_port=None, gc_threshold=12_345, poll_interval_s=0))):
         assert gc.get_threshold() == (12_345, *before[1:])
     assert gc.get_threshold() == before
     with pytest.raises(ValueError, match="SERVE_GC_THRESHOLD must be > 0, got 0"):
@@ -373,7 +373,7 @@ def test_the_cyclic_gc_threshold_is_raised_while_serving_and_restored_after(mode
 
 
 def test_cache_statistics_count_real_hits_and_misses(model_dir: Path) -> None:
-    settings = Settings(model_dir=model_dir, cache_max_entries=10, poll_interval_s=0)
+    settings = Settings(model_dir=model_dir, grpc_port=None, cache_max_entries=10, poll_interval_s=0)
     with TestClient(create_app(settings)) as cached:
         for _ in range(3):
             assert cached.post("/predict", json={"age": 35}).json() == {"predicted_weight": 75.0}

@@ -22,14 +22,15 @@ def request_lines(exposition: bytes) -> list[str]:
 def test_request_tallies_expose_what_prometheus_client_would() -> None:
     metrics = Metrics()
     reference = CollectorRegistry()
-    requests = Counter(*REQUESTS, ("model", "version", "status"), registry=reference)
-    latency = Histogram(*REQUEST_SECONDS, ("model", "version"), buckets=LATENCY_BUCKETS, registry=reference)
-    for labels, record in ((("penguins", "1"), metrics.for_model("penguins", 1).request),
-                           (UNRESOLVED, metrics.requests_for(UNRESOLVED))):  # fmt: skip
+    requests = Counter(*REQUESTS, ("model", "version", "protocol", "status"), registry=reference)
+    latency = Histogram(*REQUEST_SECONDS, ("model", "version", "protocol"), buckets=LATENCY_BUCKETS, registry=reference)
+    for labels, record in ((("penguins", "1", "rest"), metrics.for_model("penguins", 1).requests["rest"]),
+                           (("penguins", "1", "grpc"), metrics.for_model("penguins", 1).requests["grpc"]),
+                           ((*UNRESOLVED, "rest"), metrics.requests_for(UNRESOLVED, "rest"))):  # fmt: skip
         for status, seconds in OBSERVATIONS:
             record(status, seconds)
             requests.labels(*labels, str(status)).inc()
             latency.labels(*labels).observe(seconds)
     expected = request_lines(generate_latest(reference))
-    assert len(expected) == 2 * (3 + len(LATENCY_BUCKETS) + 3)  # per label set: 3 statuses, buckets + Inf, count, sum
+    assert len(expected) == 3 * (3 + len(LATENCY_BUCKETS) + 3)  # per label set: 3 statuses, buckets + Inf, count, sum
     assert request_lines(metrics.exposition()) == expected

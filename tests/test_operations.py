@@ -154,9 +154,9 @@ def test_metrics_count_requests_latency_batches_and_loads(server_url: str) -> No
         line = next((row for row in body.splitlines() if row.startswith(sample + " ")), None)
         return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
-    ok = 'tabserve_requests_total{model="diabetes",status="200",version="1"}'
+    ok = 'tabserve_requests_total{model="diabetes",protocol="rest",status="200",version="1"}'
     assert value(ok, text) - value(ok, before) == 5
-    bad = 'tabserve_requests_total{model="diabetes",status="400",version="1"}'
+    bad = 'tabserve_requests_total{model="diabetes",protocol="rest",status="400",version="1"}'
     assert value(bad, text) - value(bad, before) == 1
     assert 'tabserve_request_duration_seconds_bucket{le="0.0001",model="diabetes",version="1"}' in text
     assert value('tabserve_batch_rows_count{model="diabetes",version="1"}', text) >= 5

@@ -1,0 +1,72 @@
+"""What every answered inference request leaves behind, whichever front end took it: its count and
+latency in the metrics, and (when on) one JSON access-log line."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+
+import orjson
+
+from serve.metrics import UNRESOLVED, Metrics
+from serve.repository import ModelEntry
+
+access_logger = logging.getLogger("tabserve.access")
+MAX_REQUEST_ID = 128
+_request_ids = itertools.count(1)
+_PROCESS_TAG = f"{os.getpid():x}"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What one inference request learns on its way, for its metrics and its access-log line."""
+
+    protocol: str
+    """"rest" or "grpc"."""
+    entry: ModelEntry | None = None
+    """The model version it resolved to, once it has."""
+    rows: int | None = None
+    batch_rows: int | None = None
+    """Rows in the batch it was scored in (0: answered from the cache)."""
+
+
+def request_id(presented: bytes | str | None, generate: bool) -> str | None:
+    """The client's request id (up to 128 printable ASCII characters), echoed; else, when there is an access
+    log for it to point into, a new one unique to this process."""
+    if presented is not None:
+        text = presented.decode("latin-1") if isinstance(presented, bytes) else presented
+        if 0 < len(text) <= MAX_REQUEST_ID and text.isascii() and text.isprintable():
+            return text
+    return f"{_PROCESS_TAG}-{next(_request_ids)}" if generate else None
+
+
+def finish(
+    context: RequestContext, metrics: Metrics, status: int, seconds: float, log: tuple[str, str, str | None] | None
+) -> None:
+    """Count the answer; with `log` = (method, path, request id), write its access-log line.
+
+    One JSON line; never the body, never a header or metadata value other than the request id.
+    """
+    entry = context.entry
+    if entry is not None:
+        entry.metrics.requests[context.protocol](status, seconds)
+    else:  # no model resolved (404 and the like)
+        metrics.requests_for(UNRESOLVED, context.protocol)(status, seconds)
+    if log is None:
+        return
+    method, path, identifier = log
+    record = {
+        "request_id": identifier,
+        "protocol": context.protocol,
+        "method": method,
+        "path": path,
+        "model": entry.model.name if entry else None,
+        "version": entry.model.version if entry else None,
+        "rows": context.rows,
+        "batch_rows": context.batch_rows,
+        "status": status,
+        "latency_ms": round(seconds * 1000, 3),
+    }
+    access_logger.info(orjson.dumps(record).decode())
