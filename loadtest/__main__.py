@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,17 +21,18 @@ def cli() -> None:
 
 
 @contextlib.contextmanager
-def target(host: str | None, serve: Path | None) -> Iterator[str]:
-    """The URL to load: --host as given, or a tabserve started on --serve's model repository."""
+def target(host: str | None, serve: Path | None, grpc: str | None) -> Iterator[tuple[str, str]]:
+    """The URL and gRPC address to load: --host (and --grpc, default its host at port 8001) as given, or a
+    tabserve started on --serve's model repository with both front ends on free loopback ports."""
     if serve is None:
         assert host is not None
-        yield host.rstrip("/")
+        yield host.rstrip("/"), grpc or f"{urllib.parse.urlsplit(host).hostname}:8001"
         return
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
-    command = tabserve_command(serve, port, "--log-level", "warning")
+    command = tabserve_command(serve, port, "--grpc-port", str(grpc_port), "--log-level", "warning")
     with server_process(command, f"{url}/v2/health/ready", clean_env()):
-        yield url
+        yield url, f"127.0.0.1:{grpc_port}"
 
 
 @cli.command()
@@ -50,6 +52,7 @@ def target(host: str | None, serve: Path | None) -> Iterator[str]:
     default=None,
     help="Start tabserve on this model repository for the run instead of --host.",
 )
+@click.option("--grpc", default=None, help="gRPC address for the grpc scenario with --host [default: host:8001].")
 @click.option("--model", default="penguins", show_default=True, help="Model for single-model scenarios.")
 @click.option("--users", type=click.IntRange(1, 1000), default=8, show_default=True, help="Closed-loop users.")
 @click.option("--run-time", "run_time_s", type=click.IntRange(1, 3600), default=20, show_default=True, help="Seconds.")
@@ -69,14 +72,14 @@ def target(host: str | None, serve: Path | None) -> Iterator[str]:
     default=Path("loadtest-results"),
     show_default=True,
 )
-def run(scenario: str, budgets: Path, host: str | None, serve_dir: Path | None, model: str, users: int,
-        run_time_s: int, rate: float, step_s: float, out_dir: Path) -> None:  # fmt: skip
+def run(scenario: str, budgets: Path, host: str | None, serve_dir: Path | None, grpc: str | None, model: str,
+        users: int, run_time_s: int, rate: float, step_s: float, out_dir: Path) -> None:  # fmt: skip
     """Run one scenario headless; exit 1 naming every breached budget."""
     if (host is None) == (serve_dir is None):
         raise click.UsageError("give exactly one of --host URL or --serve MODEL_DIR")
-    with target(host, serve_dir) as url:
+    with target(host, serve_dir, grpc) as (url, grpc_address):
         options = RunOptions(scenario, url, out_dir, users=users, spawn_rate=float(users), run_time_s=run_time_s,
-                             rate=rate, step_s=step_s, model=model)  # fmt: skip
+                             rate=rate, step_s=step_s, model=model, grpc=grpc_address)  # fmt: skip
         report = run_scenario(options, budgets)
     click.echo(report.files["summary"].read_text())
     for name, path in report.files.items():

@@ -6,6 +6,7 @@ Settings come from TABSERVE_* variables set by `python -m loadtest run`:
   TABSERVE_RATE       requests/s for OpenLoopUser (fixed arrival rate, independent of responses)
   TABSERVE_SHAPE      "step" or "spike" to drive users by StepShape
   TABSERVE_TIMINGS    file to write exact client-side latencies to (locust's own are bucketed)
+  TABSERVE_GRPC       host:port of the gRPC front end, for the grpc scenario
 """
 
 from __future__ import annotations
@@ -19,10 +20,24 @@ from typing import Any
 
 import gevent
 import gevent.pool
-from locust import FastHttpUser, LoadTestShape, constant, events, tag, task
+import grpc
+import grpc.experimental.gevent
+from locust import FastHttpUser, LoadTestShape, User, constant, events, tag, task
 from locust.env import Environment
 
-from loadtest.payloads import ModelPayloads, Payload, decode_outputs, fetch_models, mismatch, records_outputs
+from loadtest.payloads import (
+    ModelPayloads,
+    Payload,
+    decode_outputs,
+    fetch_models,
+    grpc_outputs,
+    mismatch,
+    records_outputs,
+)
+
+# grpcio blocks its calling thread; under gevent that would be every user at once. This makes its
+# waits cooperative, and must run before the first channel exists.
+grpc.experimental.gevent.init_gevent()
 
 BAD_SHARE = 0.2
 BATCH_ROWS = 100
@@ -148,6 +163,46 @@ class ScenarioUser(Scenarios, FastHttpUser):
             self.send(random.choice(model.bad()), "bad 4xx")
         else:
             self.send(model.v2_json(self.one_row(model)), f"v2-json {model.name}")
+
+
+class GrpcUser(Scenarios, User):
+    """Closed loop over gRPC: ModelInfer with raw contents, each answer checked against the golden vectors."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        from tritonclient.grpc import service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(os.environ["TABSERVE_GRPC"])
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @tag("grpc")
+    @task
+    def grpc_infer(self) -> None:
+        model = chosen_model()
+        rows = self.one_row(model)
+        request = model.grpc_request(rows)
+        started = time.perf_counter()
+        exception: Exception | None = None
+        length = 0
+        try:
+            response = self.stub.ModelInfer(request, timeout=10)
+            length = response.ByteSize()
+            problem = mismatch(grpc_outputs(response), model.expected(rows))
+            exception = AssertionError(problem) if problem else None
+        except grpc.RpcError as exc:
+            exception = exc
+        events.request.fire(
+            request_type="grpc",
+            name=f"grpc {model.name}",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
 
 
 class OpenLoopUser(Scenarios, FastHttpUser):

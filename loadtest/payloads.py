@@ -87,6 +87,16 @@ class ModelPayloads:
             f"/v2/models/{self.name}/infer", header + b"".join(chunks), headers, 200, self.expected(rows), binary=True
         )
 
+    def grpc_request(self, rows: list[int]) -> Any:
+        """The same rows as a gRPC ModelInferRequest (tritonclient's messages), every input in raw contents."""
+        from tritonclient.grpc import service_pb2
+
+        request = service_pb2.ModelInferRequest(model_name=self.name)
+        for spec in self.inputs:
+            request.inputs.add(name=spec["name"], datatype=spec["datatype"], shape=[len(rows), 1])
+            request.raw_input_contents.append(encode_binary(self.column(spec["name"], rows), spec["datatype"]))
+        return request
+
     def records(self, rows: list[int]) -> Payload:
         instances = [
             {
@@ -141,15 +151,30 @@ def decode_outputs(body: bytes, header_length: str | None) -> dict[str, list[Any
         raw = body[offset : offset + size]
         offset += size
         if output["datatype"] == "BYTES":
-            values, position = [], 0
-            while position < len(raw):
-                (length,) = struct.unpack_from("<I", raw, position)
-                values.append(raw[position + 4 : position + 4 + length].decode())
-                position += 4 + length
-            outputs[output["name"]] = values
+            outputs[output["name"]] = _strings(raw)
         else:
             outputs[output["name"]] = np.frombuffer(raw, dtype=BY_V2[output["datatype"]].numpy).tolist()
     return outputs
+
+
+def grpc_outputs(response: Any) -> dict[str, list[Any]]:
+    """A ModelInferResponse's outputs as flat lists, decoded as the binary extension's (the same layout)."""
+    outputs: dict[str, list[Any]] = {}
+    for output, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        if output.datatype == "BYTES":
+            outputs[output.name] = _strings(raw)
+        else:
+            outputs[output.name] = np.frombuffer(raw, dtype=BY_V2[output.datatype].numpy).tolist()
+    return outputs
+
+
+def _strings(raw: bytes) -> list[str]:
+    values, position = [], 0
+    while position < len(raw):
+        (length,) = struct.unpack_from("<I", raw, position)
+        values.append(raw[position + 4 : position + 4 + length].decode())
+        position += 4 + length
+    return values
 
 
 def records_outputs(body: bytes) -> dict[str, list[Any]]:

@@ -24,6 +24,8 @@ class Scenario:
     user_class: str
     tags: tuple[str, ...]
     shape: str = ""
+    grpc: bool = False
+    """Loads the gRPC front end (TABSERVE_GRPC) instead of REST."""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -37,6 +39,7 @@ SCENARIOS: dict[str, Scenario] = {
     "open-loop": Scenario("OpenLoopUser", ("open-loop",)),
     "step": Scenario("ScenarioUser", ("v2-json",), shape="step"),
     "spike": Scenario("ScenarioUser", ("v2-json",), shape="spike"),
+    "grpc": Scenario("GrpcUser", ("grpc",), grpc=True),
 }
 
 
@@ -51,6 +54,8 @@ class RunOptions:
     rate: float = 200.0
     step_s: float = 5.0
     model: str = "penguins"
+    grpc: str = ""
+    """host:port of the gRPC front end, for gRPC scenarios."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ def run_scenario(options: RunOptions, budgets_path: Path) -> RunReport:
         TABSERVE_RATE=str(options.rate),
         TABSERVE_SHAPE=scenario.shape,
         TABSERVE_STEP_S=str(options.step_s),
+        TABSERVE_GRPC=options.grpc,
     )
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=run_time_s + 60)
     try:

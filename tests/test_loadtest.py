@@ -57,3 +57,12 @@ def test_bench_calls_batching_a_win_or_loss_only_when_apart_from_the_a_a_control
     slow_twin = [0.965, 0.948, 0.945, 0.957, 0.947]
     assert verdict([0.999, 0.997, 1.008, 1.022, 0.992], slow_twin).startswith("ties: 0.999")
     assert verdict([1.001, 1.002, 1.003, 1.004, 1.005], [1.01, 1.02, 1.03, 1.04, 1.05]).startswith("ties")
+
+
+def test_grpc_scenario_checks_every_answer_and_meets_its_budget(model_dir: Path, tmp_path: Path) -> None:
+    completed = run_loadtest("--scenario", "grpc", "--serve", str(model_dir), "--run-time", "4", "--users", "2",
+                             "--out", str(tmp_path))  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "All budgets met." in completed.stdout and "| error rate | 0.000% |" in completed.stdout
+    timings = (tmp_path / "grpc_timings.json").read_text()
+    assert '"grpc penguins"' in timings, "the requests went through the gRPC user"
