@@ -8,7 +8,7 @@ WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY docker/requirements-export.txt ./
 RUN pip install --requirement requirements-export.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md contract.py ./
 COPY export ./export
 COPY serve ./serve
 COPY loadtest ./loadtest
@@ -21,7 +21,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # versions the tests ran with; docker/requirements-*.txt are `pip freeze` of clean virtualenvs.
 COPY docker/requirements-serve.txt ./
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --requirement requirements-serve.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md contract.py ./
 COPY export ./export
 COPY serve ./serve
 COPY loadtest ./loadtest
@@ -40,7 +40,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     SERVE_PORT=8000 \
     SERVE_MODEL_DIR=/models
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
 CMD ["python", "-m", "serve"]

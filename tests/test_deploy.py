@@ -148,7 +148,8 @@ def test_the_images_pinned_serving_set_alone_serves_the_models(model_dir: Path, 
     check = subprocess.run([str(venv / "bin" / "python"), "-c", "import sklearn"], capture_output=True, timeout=60)
     assert check.returncode != 0, "scikit-learn must not be in the serving image"
     port = free_port()
-    command = [str(venv / "bin" / "python"), "-m", "serve", "--model-dir", str(model_dir), "--port", str(port)]
+    command = [str(venv / "bin" / "python"), "-m", "serve", "--model-dir", str(model_dir), "--port", str(port),
+               "--grpc-port", str(free_port())]  # fmt: skip
     with server_process(
         command,
         f"http://127.0.0.1:{port}/v2/health/ready",

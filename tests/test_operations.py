@@ -158,7 +158,7 @@ def test_metrics_count_requests_latency_batches_and_loads(server_url: str) -> No
     assert value(ok, text) - value(ok, before) == 5
     bad = 'tabserve_requests_total{model="diabetes",protocol="rest",status="400",version="1"}'
     assert value(bad, text) - value(bad, before) == 1
-    assert 'tabserve_request_duration_seconds_bucket{le="0.0001",model="diabetes",version="1"}' in text
+    assert 'tabserve_request_duration_seconds_bucket{le="0.0001",model="diabetes",protocol="rest",version="1"}' in text
     assert value('tabserve_batch_rows_count{model="diabetes",version="1"}', text) >= 5
     assert 'tabserve_queue_wait_seconds_total{model="diabetes",version="1"}' in text
     assert 'tabserve_inference_seconds_sum{model="diabetes",version="1"}' in text
@@ -232,8 +232,8 @@ def test_unload_and_load_through_the_repository_api(model_dir: Path, tmp_path: P
 
 
 def test_in_flight_and_queue_limits_answer_503_with_retry_after_at_once(model_dir: Path) -> None:
-    # A 300 ms batch delay holds requests in the queue, so the limits are reached deterministically.
-    env = {"SERVE_MAX_BATCH_DELAY_MS": "300", "SERVE_MAX_QUEUE_SIZE": "2", "SERVE_MAX_IN_FLIGHT": "3"}
+    # A 1 s batch delay holds requests in the queue, so the limits are reached deterministically.
+    env = {"SERVE_MAX_BATCH_DELAY_MS": "1000", "SERVE_MAX_QUEUE_SIZE": "2", "SERVE_MAX_IN_FLIGHT": "3"}
     with running_server(model_dir, env) as url:
         results: list[tuple[int, float, httpx.Response]] = []
 
@@ -253,7 +253,9 @@ def test_in_flight_and_queue_limits_answer_503_with_retry_after_at_once(model_di
     for _, seconds, response in results:
         if response.status_code == 503:
             assert response.headers["retry-after"] == "1"
-            assert seconds < 0.25, "a refusal does not wait for the batch"
+            # Half the batch delay: a refusal that waited for the batch would take over 1 s; 0.4 s was seen
+            # for an immediate refusal on a loaded 2-core machine, so a tighter bound would be flaky.
+            assert seconds < 0.5, "a refusal does not wait for the batch"
             assert "limit" in response.json()["error"]
 
 

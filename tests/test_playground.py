@@ -14,7 +14,6 @@ from tests.conftest import running_server
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 # The closed network makes Chromium retry background connections; these flags stop it trying.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
@@ -54,7 +53,7 @@ def fill_penguin(page: Any) -> None:
             control.fill(str(value))
 
 
-def test_predicting_in_the_page_shows_what_the_api_answers(page: Any, server_url: str) -> None:
+def test_predicting_in_the_page_shows_what_the_api_answers(page: Any, server_url: str, tmp_path: Path) -> None:
     page.goto(server_url + "/")
     page.wait_for_selector("#models button[data-model='penguins']")
     fill_penguin(page)
@@ -72,8 +71,9 @@ def test_predicting_in_the_page_shows_what_the_api_answers(page: Any, server_url
     for _ in range(5):
         page.locator("#predict").click()
     page.wait_for_function("Number(document.getElementById('live-rps').textContent) > 0", timeout=10_000)
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+    shot = tmp_path / "playground.png"  # for a person to look at (pytest keeps recent tmp dirs); never the repo
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_page_shows_a_server_error_as_the_server_worded_it(page: Any, server_url: str) -> None:
