@@ -68,6 +68,17 @@ def serving_process(
         yield url, process
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """(certificate, key) for localhost and 127.0.0.1, made by openssl for one day."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
 @pytest.fixture(scope="session")
 def server_url(model_dir: Path) -> Iterator[str]:
     """One real server on the examples, shared by the end-to-end tests."""

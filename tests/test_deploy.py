@@ -127,7 +127,13 @@ def test_deployment_probes_resources_and_draining_match_the_server() -> None:
     assert hpa["scaleTargetRef"]["name"] == documents["Deployment"]["metadata"]["name"]
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"
     assert documents["Service"]["spec"]["selector"] == documents["Deployment"]["spec"]["selector"]["matchLabels"]
-    assert documents["ServingRuntime"]["spec"]["protocolVersions"] == ["v2"]
+    runtime = documents["ServingRuntime"]["spec"]
+    assert runtime["protocolVersions"] == ["v2", "grpc-v2"]
+    (runtime_container,) = runtime["containers"]
+    assert "--grpc-port" in runtime_container["args"], "grpc-v2 is declared, so the runtime must listen for it"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    service_ports = {port["name"]: port["targetPort"] for port in documents["Service"]["spec"]["ports"]}
+    assert set(service_ports.values()) == set(ports) == {"http", "grpc"}
     assert documents["InferenceService"]["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
 
 

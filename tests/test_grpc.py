@@ -23,7 +23,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from loadtest.servers import clean_env, free_port
-from tests.conftest import EXAMPLE_NAMES, read_golden, running_server
+from tests.conftest import EXAMPLE_NAMES, read_golden, running_server, self_signed_certificate
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,12 +230,7 @@ def test_rest_and_grpc_requests_share_micro_batches_and_deadlines_are_kept(model
 
 
 def test_keys_guard_grpc_as_rest_and_tls_uses_the_same_certificate(model_dir: Path, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     port = free_port()
     env = {"SERVE_API_KEYS": "user-key", "SERVE_ADMIN_KEYS": "admin-key"}
     args = ("--grpc-port", str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
@@ -278,3 +273,49 @@ def test_the_generated_messages_match_the_proto(tmp_path: Path) -> None:
         assert (tmp_path / name).read_text() == (ROOT / "serve" / "grpc" / name).read_text(), (
             f"run scripts/gen-grpc.sh ({name})"
         )
+
+
+def random_request(rng: np.random.Generator) -> service_pb2.ModelInferRequest:
+    """A ModelInferRequest built from random choices of names, datatypes, shapes, contents and raw bytes."""
+    datatypes = ["FP32", "FP64", "BYTES", "INT64", "BOOL", "FP16", "UINT8", "nonsense", ""]
+    request = service_pb2.ModelInferRequest(model_name=str(rng.choice(["age-weight", "penguins", "nope", ""])))
+    raw = bool(rng.integers(2))
+    for _ in range(int(rng.integers(0, 4))):
+        name = str(rng.choice(["age", "island", "sex", "body_mass_g", "x", ""]))
+        shape = [int(value) for value in rng.integers(-2, 4, size=int(rng.integers(0, 4)))]
+        tensor = request.inputs.add(name=name, datatype=str(rng.choice(datatypes)), shape=shape)
+        if raw:
+            request.raw_input_contents.append(rng.bytes(int(rng.integers(0, 24))))
+        elif rng.integers(2):
+            tensor.contents.fp32_contents.extend(rng.normal(size=int(rng.integers(0, 4))).tolist())
+        else:
+            tensor.contents.bytes_contents.extend([rng.bytes(3), b"Dream"])
+    if rng.integers(4) == 0:
+        request.raw_input_contents.append(b"\x00")  # one more than there are inputs
+    if rng.integers(3) == 0:
+        request.parameters["timeout"].int64_param = int(rng.integers(-5, 10**6))
+    if rng.integers(3) == 0:
+        request.outputs.add(name=str(rng.choice(["variable", "label", "nope"])))
+    return request
+
+
+def test_random_infer_requests_get_a_precise_status_never_internal_or_unknown(grpc_server: tuple[str, str]) -> None:
+    rng = np.random.default_rng(20261202)
+    seen: set[grpc.StatusCode] = set()
+    with grpc.insecure_channel(grpc_server[1]) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(400):
+            try:
+                stub.ModelInfer(random_request(rng), timeout=10)
+                seen.add(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                seen.add(exc.code())
+                assert exc.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), exc.details()
+        assert stub.ModelInfer(typed_request_for_age(), timeout=10).model_name == "age-weight", "still serving"
+    assert {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND} <= seen
+
+
+def typed_request_for_age() -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="age-weight")
+    request.inputs.add(name="age", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(35.0)
+    return request

@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import running_server, serving_process
+from tests.conftest import running_server, self_signed_certificate, serving_process
 
 pytestmark = pytest.mark.slow
 AGE = {"inputs": [{"name": "age", "datatype": "FP32", "shape": [1, 1], "data": [35]}]}
@@ -126,12 +125,7 @@ def test_server_says_at_start_when_auth_is_off(model_dir: Path, tmp_path: Path) 
 
 
 def test_tls_with_a_self_signed_certificate(model_dir: Path, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     with running_server(model_dir, None, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)) as url:
         assert url.startswith("https://")
         response = httpx.post(f"{url}/predict", json={"age": 35}, verify=ssl.create_default_context(cafile=str(cert)))
