@@ -6,48 +6,29 @@ import dataclasses
 import logging
 import os
 import tempfile
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
 import uvicorn
 
+from serve import shutdown
 from serve.app import create_app
 from serve.http import http_protocol
 from serve.settings import Settings
-from serve.state import Lifecycle
 
 logger = logging.getLogger("tabserve")
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server with a drain: on SIGTERM readiness turns 503 at once, requests are still served
-    for `shutdown_drain_s` (load balancers notice and stop routing), then uvicorn's own graceful
-    shutdown stops accepting and lets in-flight requests finish. A second signal stops at once."""
-
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_s: float) -> None:
-        super().__init__(config)
-        self.lifecycle = lifecycle
-        self.drain_s = drain_s
-        self.draining = False
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.draining or self.drain_s <= 0 or not self.lifecycle.ready:
-            super().handle_exit(sig, frame)
-            return
-        self.draining = True
-        self.lifecycle.ready = False
-        logger.info("signal %d: readiness off; draining for %.1f s, then shutting down", sig, self.drain_s)
-        timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
-        timer.daemon = True
-        timer.start()
-
-
 def app_from_environment() -> Any:
     """The app factory each worker process calls when --workers > 1 (settings arrive as SERVE_* variables)."""
-    return create_app(Settings.from_env(os.environ))
+    settings = Settings.from_env(os.environ)
+    configure_logging(settings)  # a spawned process starts with logging unconfigured
+    return create_app(settings, shutdown.LIFECYCLE)
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def size_workers(settings: Settings) -> Settings:
@@ -112,13 +93,12 @@ def main(**options: Any) -> None:
         settings = Settings.from_env(os.environ, **options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     settings = size_workers(settings)
     common = uvicorn_options(settings)
     if settings.workers == 1:
-        lifecycle = Lifecycle()
-        config = uvicorn.Config(create_app(settings, lifecycle), loop="uvloop", **common)
-        DrainingServer(config, lifecycle, settings.shutdown_drain_s).run()
+        config = uvicorn.Config(create_app(settings, shutdown.LIFECYCLE), loop="uvloop", **common)
+        shutdown.run(config, settings.shutdown_drain_s)
         return
     # Several processes: each builds its app from SERVE_* variables, so the flags travel as variables,
     # and metrics from every process are summed through prometheus-client's multiprocess directory.
@@ -127,8 +107,9 @@ def main(**options: Any) -> None:
     with tempfile.TemporaryDirectory(prefix="tabserve-metrics-") as metrics_dir:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
         # asyncio, not uvloop: uvloop 0.23 crashed multiprocess servers on this kind of machine.
-        uvicorn.run("serve.__main__:app_from_environment", factory=True, workers=settings.workers, loop="asyncio",
-                    **common)  # fmt: skip
+        config = uvicorn.Config("serve.__main__:app_from_environment", factory=True, workers=settings.workers,
+                                loop="asyncio", **common)  # fmt: skip
+        shutdown.run(config, settings.shutdown_drain_s)
 
 
 if __name__ == "__main__":

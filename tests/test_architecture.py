@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONT = {"serve.app", "serve.endpoints", "serve.inference", "serve.auth", "serve.http", "serve.body", "serve.openapi",
-         "serve.__main__", "serve.grpc"}  # fmt: skip
+         "serve.__main__", "serve.shutdown", "serve.grpc"}  # fmt: skip
 """The front ends (REST modules, the gRPC package): the only serve modules that may know a transport."""
 FRAMEWORKS = ("starlette", "uvicorn", "grpc", "google.protobuf")
 

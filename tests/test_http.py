@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 import pytest
+import uvicorn
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -225,3 +226,18 @@ def test_the_uvicorn_internals_tabserve_relies_on_are_still_there() -> None:
     cycle_source = inspect.getsource(RequestResponseCycle)
     for attribute in ("self.scope", "self.transport.write", "self.waiting_for_100_continue"):
         assert attribute in cycle_source, f"RequestResponseCycle no longer uses {attribute}"
+
+
+def test_the_uvicorn_supervisor_internals_the_draining_workers_rely_on_are_still_there() -> None:
+    """serve/shutdown.py runs its own server in uvicorn's worker processes: the supervisor must still build
+    workers from the module's `Process` name, and a worker must still build its server lazily."""
+    import inspect
+
+    from uvicorn.supervisors import multiprocess
+
+    for method in ("init_processes", "keep_subprocess_alive", "restart_all"):
+        assert "Process(self.config, self.sockets)" in inspect.getsource(getattr(multiprocess.Multiprocess, method))
+    server = inspect.getsource(multiprocess.Process.server.fget)  # type: ignore[attr-defined]
+    assert "self._server" in server and "Server(config=self.config)" in server
+    assert "self.server.run(sockets)" in inspect.getsource(multiprocess.Process.target)
+    assert list(inspect.signature(uvicorn.Server.shutdown).parameters) == ["self", "sockets"]
