@@ -8,6 +8,9 @@ drop new SYNs (a socket filter), the server keeps accepting until the queue stay
 does the close happen: a client that arrives later sees a refused connect, before it sent anything.
 
 Linux only (a classic BPF filter and TCP_INFO's accept-queue length); elsewhere `quiesce` does nothing.
+Some kernels refuse socket filters to a process without CAP_NET_ADMIN (this one, in a container, as a
+non-root user): there the queue is shrunk to one connection and the close follows the moment it is
+seen empty, which narrows the window to microseconds but cannot close it (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -59,9 +62,15 @@ def _duplicate(listener: Listener) -> socket.socket:
     return socket.socket(fileno=os.dup(listener.fileno()))
 
 
-def refuse_new_connections(listener: Listener) -> None:
+def refuse_new_connections(listener: Listener) -> bool:
+    """True once the kernel drops new connections; False if it only holds fewer (the filter was refused)."""
     with _duplicate(listener) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _SOCK_FPROG)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _SOCK_FPROG)
+            return True
+        except PermissionError:
+            sock.listen(0)  # room for one queued connection: fewer to lose if one slips in before the close
+            return False
 
 
 def queued_connections(listener: Listener) -> int:
@@ -79,20 +88,23 @@ async def quiesce(listeners: Iterable[Listener], settle_s: float = 0.05, limit_s
     request. True once quiet, False if connections still queued after `limit_s` (the caller closes anyway).
     """
     unique = {listener.fileno(): listener for listener in listeners}
-    tcp = []
+    tcp, refusing = [], True
     for listener in unique.values():
         try:
-            refuse_new_connections(listener)
+            refusing &= refuse_new_connections(listener)
             tcp.append(listener)
         except OSError as exc:  # not Linux, not TCP (a Unix socket): nothing to drain
             logger.debug("listener %d keeps its plain close: %s", listener.fileno(), exc)
+    if not refusing:
+        logger.info("socket filters are not permitted here: closing the listener as soon as its queue is empty")
     give_up = time.monotonic() + limit_s
     quiet_since = time.monotonic()
     while time.monotonic() < give_up:
         if any(queued_connections(listener) for listener in tcp):
             quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= settle_s:
+        elif not refusing or time.monotonic() - quiet_since >= settle_s:
+            # Without the filter new connections keep coming, so waiting for a quiet spell only lets more in.
             return True
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005 if refusing else 0)
     logger.warning("connections still queued after %.1f s; closing the listener anyway", limit_s)
     return False

@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import socket
 from collections.abc import Callable
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serve.errors import RequestTimeoutError, render
+
+FRESH_CONNECTION_GRACE_S = 0.25
+"""At shutdown, how long a connection that has sent nothing yet may take to send its request."""
 
 ON_DISCONNECT = "tabserve.on_disconnect"
 """Scope key: `register(callback)`; the callback runs if the client leaves before the response is complete."""
@@ -40,6 +45,17 @@ def _timeout_response() -> bytes:
 
 
 HEADER_TIMEOUT_RESPONSE = _timeout_response()
+
+
+def _has_unread_bytes(transport: asyncio.Transport) -> bool:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+            return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing to read (BlockingIOError), or the connection is already gone
+        return False
 
 
 def http_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
@@ -59,6 +75,9 @@ class ServeHttpProtocol(HttpToolsProtocol):
         self._awaiting_headers_since: float | None = None
         self._on_disconnect: list[Callable[[], object]] = []
         self._lost = False
+        self._answer_then_close = False
+        self._message_begun = False
+        self._close_timer: asyncio.TimerHandle | None = None
 
     # Requests only note the time: one timer per connection, re-armed when it fires, instead of a
     # timer set and cancelled per request (~1 us each on the hot path).
@@ -69,6 +88,7 @@ class ServeHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._message_begun = True
         self._awaiting_headers_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
@@ -79,10 +99,33 @@ class ServeHttpProtocol(HttpToolsProtocol):
         if cycle is None or cycle is previous:  # a WebSocket upgrade, which hands the connection over
             return
         cycle.scope[ON_DISCONNECT] = self._when_disconnected  # type: ignore[literal-required]
+        if self._answer_then_close:
+            cycle.keep_alive = False
         # Every response writes body bytes after its header block (b"" when empty) except a HEAD
         # response, which has none; a 100 Continue is written before the response and must not wait.
         if cycle.scope["method"] != "HEAD" and not cycle.waiting_for_100_continue:
             cycle.transport = HeldHeaders(self.transport)  # type: ignore[assignment]
+
+    def shutdown(self) -> None:
+        # uvicorn closes a connection with no request under way at once. If the client's next request
+        # has arrived but not been read yet (a connection accepted just before the listener closed, or a
+        # keep-alive client a moment early), that close would reset it: answer it, then close. A
+        # connection that has carried nothing yet was accepted moments ago and its request is on the way:
+        # it gets FRESH_CONNECTION_GRACE_S to arrive before the close.
+        if self.cycle is None:
+            self._answer_then_close = True
+            self._close_timer = self.loop.call_later(FRESH_CONNECTION_GRACE_S, self._close_if_still_idle)
+            return
+        if self.cycle.response_complete and _has_unread_bytes(self.transport):
+            self._answer_then_close = True
+            return
+        super().shutdown()
+
+    def _close_if_still_idle(self) -> None:
+        # A request that has begun is left to finish (the header timeout bounds one that never does).
+        begun = self._message_begun or _has_unread_bytes(self.transport)
+        if self.cycle is None and not begun and not self.transport.is_closing():
+            self.transport.close()
 
     def _when_disconnected(self, callback: Callable[[], object]) -> None:
         if self._lost:  # gone before the app asked
@@ -99,6 +142,8 @@ class ServeHttpProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         self._lost = True
         super().connection_lost(exc)
         callbacks, self._on_disconnect = self._on_disconnect, []
