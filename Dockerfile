@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 # tabserve: serving image. Three stages: export the built-in examples (scikit-learn lives only here),
 # build a virtualenv with the serving dependencies, then a slim runtime with neither compilers nor
-# scikit-learn. Mount your own repository over /models to serve your models instead.
+# scikit-learn. Mount your own repository over /models to serve your models instead (read-only is fine:
+# `-v "$PWD/models:/models:ro"`). Runs as a numeric non-root user and works with a read-only root
+# filesystem (`--read-only --tmpfs /tmp`; /tmp holds the metrics of several workers). `make image`
+# builds it with docker or podman, also where no registry can be reached (scripts/image.sh).
 
 FROM python:3.11-slim AS exporter
 WORKDIR /src
@@ -25,7 +28,8 @@ COPY pyproject.toml README.md contract.py ./
 COPY export ./export
 COPY serve ./serve
 COPY loadtest ./loadtest
-RUN /opt/venv/bin/pip install --no-deps .
+# pip and setuptools are build tools: 26 MB the running server never imports.
+RUN /opt/venv/bin/pip install --no-deps . && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 FROM python:3.11-slim
 # A numeric user, so Kubernetes' runAsNonRoot can verify it without resolving names.
@@ -41,6 +45,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     SERVE_MODEL_DIR=/models
 USER 10001:10001
 EXPOSE 8000 8001
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
+# Reads the same SERVE_* settings as the server, so it checks the port and scheme really served.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 CMD ["python", "-m", "serve.healthcheck"]
+# Exec form: the server is PID 1 and gets SIGTERM itself (it drains, then exits; no shell in between).
 CMD ["python", "-m", "serve"]

@@ -9,6 +9,8 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -18,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from loadtest.servers import clean_env
 from loadtest.storm import ConnectionStorm, http_request
 from tests.conftest import running_server, self_signed_certificate, serving_process
 
@@ -136,6 +139,27 @@ def test_tls_with_a_self_signed_certificate(model_dir: Path, tmp_path: Path) -> 
         # Plain HTTP to the TLS port is refused: a garbled reply or a reset, depending on timing.
         with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
             httpx.post(url.replace("https", "http") + "/predict", json={"age": 35})
+
+
+def healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m serve.healthcheck` (the image's HEALTHCHECK) with only `env` as SERVE_* settings."""
+    command = [sys.executable, "-m", "serve.healthcheck"]
+    return subprocess.run(command, env=clean_env(env), capture_output=True, text=True, timeout=30)
+
+
+def test_the_image_healthcheck_probes_where_the_server_really_listens(model_dir: Path, tmp_path: Path) -> None:
+    with running_server(model_dir) as url:
+        port = url.rsplit(":", 1)[1]
+        assert healthcheck({"SERVE_PORT": port, "SERVE_HOST": "0.0.0.0"}).returncode == 0
+    refused = healthcheck({"SERVE_PORT": port})  # the same port, now closed
+    assert refused.returncode == 1 and f"127.0.0.1:{port}/v2/health/ready" in refused.stderr
+    cert, key = self_signed_certificate(tmp_path)
+    with running_server(model_dir, None, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)) as url:
+        port = url.rsplit(":", 1)[1]
+        tls = {"SERVE_PORT": port, "SERVE_SSL_CERTFILE": str(cert), "SERVE_SSL_KEYFILE": str(key)}
+        assert healthcheck(tls).returncode == 0
+        plain = healthcheck({"SERVE_PORT": port})  # plain HTTP to the TLS port is not a healthy answer
+        assert plain.returncode == 1, plain.stderr
 
 
 def test_metrics_count_requests_latency_batches_and_loads(server_url: str) -> None:
