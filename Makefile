@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS ?= models
 
-.PHONY: install serve test lint examples bench clean system
+.PHONY: install serve test lint examples bench clean system image
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ system:
 
 test: $(STAMP) system lint
 	$(BIN)/python -m pytest
+
+# tabserve:latest (and tabserve:VERSION), with docker or podman, on a local base image where no registry answers.
+image: system
+	./scripts/image.sh
 
 bench: $(STAMP) system $(MODELS)/.examples
 	$(BIN)/python -m loadtest bench --model-dir $(MODELS)
