@@ -138,6 +138,27 @@ def test_deployment_probes_resources_and_draining_match_the_server() -> None:
     assert documents["InferenceService"]["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
 
 
+def test_manifests_run_the_image_as_built_same_tag_user_ports_and_a_writable_tmp() -> None:
+    """What `make image` builds and the Dockerfile declares is what the pods ask for."""
+    final = final_stage(DockerfileParser(path=str(ROOT / "Dockerfile")).structure)
+    user, group = (int(part) for part in next(i["value"] for i in final if i["instruction"] == "USER").split(":"))
+    exposed = {int(port) for i in final if i["instruction"] == "EXPOSE" for port in i["value"].split()}
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f'"tabserve:$version"' in (ROOT / "scripts" / "image.sh").read_text()
+    documents = load_documents()
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == f"tabserve:{version}"
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (user, group)
+    assert {port["containerPort"] for port in container["ports"]} == exposed
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]], "a read-only root needs a writable /tmp (workers' metrics)"
+    (runtime_container,) = documents["ServingRuntime"]["spec"]["containers"]
+    assert runtime_container["image"] == f"tabserve:{version}"
+
+
 @pytest.mark.slow
 def test_the_images_pinned_serving_set_alone_serves_the_models(model_dir: Path, tmp_path: Path) -> None:
     """The Dockerfile's install steps in a fresh virtualenv: requirements-serve.txt, then the project with --no-deps."""
