@@ -144,7 +144,7 @@ def test_manifests_run_the_image_as_built_same_tag_user_ports_and_a_writable_tmp
     user, group = (int(part) for part in next(i["value"] for i in final if i["instruction"] == "USER").split(":"))
     exposed = {int(port) for i in final if i["instruction"] == "EXPOSE" for port in i["value"].split()}
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert f'"tabserve:$version"' in (ROOT / "scripts" / "image.sh").read_text()
+    assert '"tabserve:$version"' in (ROOT / "scripts" / "image.sh").read_text()  # the tag the manifests name
     documents = load_documents()
     pod = documents["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
