@@ -2,6 +2,11 @@
 
 Standard library only, so both packages, and a user's own tooling, import it without the other's
 dependencies. docs/model-repository.md explains every field; this module is its executable form.
+
+background.json (format 2, optional) holds training rows for explainers:
+`{"rows": n, "seed": s, "stratified": bool, "inputs": {input_name: {"datatype", "shape", "data"}}}`,
+tensors encoded exactly as golden.json's `inputs` (`shape` [n, 1], `data` flat, null for a missing FP32
+value, "" for a missing BYTES one). The card's `background` says whether it exists; `digests` covers it.
 """
 
 from __future__ import annotations
@@ -10,10 +15,13 @@ import json
 import re
 from typing import Any, Literal, NamedTuple, TypedDict, get_type_hints
 
-CARD_FORMAT = "tabserve.model/1"
+CARD_FORMAT = "tabserve.model/2"
+READABLE_FORMATS = ("tabserve.model/1", CARD_FORMAT)
+"""Format 1 cards (no digests, background or importance) still load: old repositories keep serving."""
 MODEL_FILE = "model.onnx"
 CARD_FILE = "model.json"
 GOLDEN_FILE = "golden.json"
+BACKGROUND_FILE = "background.json"
 STAGING_PREFIX = ".staging-"
 """A version being written: a hidden sibling folder, renamed to its number in one step."""
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -83,6 +91,36 @@ class FeatureCard(TypedDict):
     """The training column's name when it differs from the input's, else ''."""
 
 
+class BackgroundCard(TypedDict):
+    """Where the explainer's background rows are and how they were drawn from the training rows."""
+
+    file: str
+    rows: int
+    seed: int
+    stratified: bool
+    """True when class shares were kept (a classifier with labels): each within one row of training's."""
+
+
+class ColumnImportance(TypedDict):
+    column: str
+    """The raw training column: the feature's `column`, or its `name` when that is empty."""
+    mean: float
+    std: float
+
+
+class ImportanceCard(TypedDict):
+    """Permutation importance on held-out rows, measured at export."""
+
+    method: Literal["permutation"]
+    scoring: str
+    """The estimator's default score: 'r2' for regressors, 'accuracy' for classifiers."""
+    repeats: int
+    rows: int
+    seed: int
+    columns: list[ColumnImportance]
+    """One entry per raw column, sorted by `mean`, largest first."""
+
+
 class ModelCard(TypedDict):
     """model.json. Nested reports (metrics, search, parity, versions) are documented, not typed here."""
 
@@ -105,6 +143,11 @@ class ModelCard(TypedDict):
     files: dict[str, str]
     golden_rows: int
     sha256: str
+    """Of model.onnx; also in `digests`, kept for format 1 readers."""
+    digests: dict[str, str]
+    """File name -> sha256 hex of every file of the version except model.json."""
+    background: BackgroundCard | None
+    importance: ImportanceCard | None
 
 
 class CardError(ValueError):
@@ -117,6 +160,7 @@ _CARD_TYPES: dict[str, tuple[type, ...]] = {
     "created": (str,), "estimator": (str,), "target": (str, type(None)), "inputs": (list,), "outputs": (list,),
     "features": (list,), "classes": (list, type(None)), "metrics": (dict,), "search": (dict, type(None)),
     "parity": (dict,), "versions": (dict,), "files": (dict,), "golden_rows": (int,), "sha256": (str,),
+    "digests": (dict,), "background": (dict, type(None)), "importance": (dict, type(None)),
 }  # fmt: skip
 assert set(_CARD_TYPES) == set(get_type_hints(ModelCard)), "every ModelCard field needs its runtime types"
 
@@ -129,8 +173,14 @@ def read_card(content: bytes) -> ModelCard:
         raise CardError(f"not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise CardError(f"expected a JSON object, got {type(document).__name__}")
-    if document.get("format") != CARD_FORMAT:
-        raise CardError(f"format is {document.get('format')!r}; this server reads {CARD_FORMAT!r}")
+    if document.get("format") not in READABLE_FORMATS:
+        readable = " or ".join(map(repr, READABLE_FORMATS))
+        raise CardError(f"format is {document.get('format')!r}; this server reads {readable}")
+    if document["format"] == READABLE_FORMATS[0]:
+        # Format 1 predates these fields: fill them, so every reader sees one typed card.
+        document = {"background": None, "importance": None, **document}
+        if "sha256" in document:
+            document.setdefault("digests", {MODEL_FILE: document["sha256"]})
     missing = sorted(set(_CARD_TYPES) - set(document))
     if missing:
         raise CardError(f"missing field(s) {missing}")
@@ -140,5 +190,19 @@ def read_card(content: bytes) -> ModelCard:
             raise CardError(f"field {key!r} must be {allowed}, got {document[key]!r:.80}")
     if document["task"] not in ("regression", "classification"):
         raise CardError(f"task must be 'regression' or 'classification', got {document['task']!r}")
+    _check_digests(document["digests"], document["sha256"])
+    background = document["background"]
+    if background is not None and background.get("file") not in document["digests"]:
+        # A file the server reads must be one it can verify.
+        raise CardError(f"background file {background.get('file')!r} has no entry in digests")
     card: ModelCard = document  # type: ignore[assignment]  # checked field by field above
     return card
+
+
+def _check_digests(digests: dict[str, Any], sha256: str) -> None:
+    for file_name, digest in digests.items():
+        # Keys become paths inside the version folder: a '../' key must not reach outside it.
+        if not isinstance(digest, str) or "/" in file_name or "\\" in file_name or file_name in ("", ".", ".."):
+            raise CardError(f"digests must map plain file names to sha256 hex strings, got {file_name!r}: {digest!r}")
+    if digests.get(MODEL_FILE, sha256) != sha256:
+        raise CardError(f"digests[{MODEL_FILE!r}] {digests[MODEL_FILE]!r} differs from sha256 {sha256!r}")

@@ -11,6 +11,7 @@ from typing import Any, cast
 import click
 
 from contract import Task
+from export.background import DEFAULT_BACKGROUND_ROWS
 from export.convert import UnconvertibleStepError
 from export.parity import ParityError, Tolerance
 from export.training import ESTIMATORS
@@ -47,6 +48,15 @@ def tolerance_options(command: Any) -> Any:
     ):
         command = option(command)
     return command
+
+
+BACKGROUND_OPTION = click.option(
+    "--background-rows",
+    type=click.IntRange(min=0),
+    default=DEFAULT_BACKGROUND_ROWS,
+    show_default=True,
+    help="Training rows kept in background.json for explanations (stratified by class); 0 writes none.",
+)
 
 
 class Progress:
@@ -88,6 +98,8 @@ def examples(model_dir: Path, only: tuple[str, ...]) -> None:
                 model_dir=model_dir,
                 training_frame=trained.train_frame,
                 check_frame=trained.check_frame,
+                training_labels=trained.train_labels,
+                check_labels=trained.check_labels,
                 task=example.task,
                 description=example.description,
                 target=trained.target,
@@ -110,6 +122,7 @@ def examples(model_dir: Path, only: tuple[str, ...]) -> None:
 @click.option("--grid", is_flag=True, help="Run a small grid search over the estimator's main parameters.")
 @click.option("--test-size", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True, help="Held-out share.")
 @OUT_OPTION
+@BACKGROUND_OPTION
 @tolerance_options
 def train(
     data: Path,
@@ -121,6 +134,7 @@ def train(
     grid: bool,
     test_size: float,
     model_dir: Path,
+    background_rows: int,
     atol: float,
     rtol: float,
     max_label_mismatches: int,
@@ -166,6 +180,9 @@ def train(
             model_dir=model_dir,
             training_frame=train_x,
             check_frame=test_x,
+            training_labels=train_y,
+            check_labels=test_y,
+            background_rows=background_rows,
             task=chosen,
             description=f"{estimator} trained on {data.name} to predict {target}",
             target=target,
@@ -190,6 +207,7 @@ def train(
 )
 @click.option("--name", required=True, help="Model name in the repository.")
 @OUT_OPTION
+@BACKGROUND_OPTION
 @tolerance_options
 def pipeline(
     model: Path,
@@ -197,6 +215,7 @@ def pipeline(
     target: str | None,
     name: str,
     model_dir: Path,
+    background_rows: int,
     atol: float,
     rtol: float,
     max_label_mismatches: int,
@@ -234,6 +253,10 @@ def pipeline(
             model_dir=model_dir,
             training_frame=prepared,
             check_frame=prepared,
+            # The sample is both: without --target there is no class to stratify by and no score to permute.
+            training_labels=labels,
+            check_labels=labels,
+            background_rows=background_rows,
             task=task,
             description=f"{type(fitted).__name__} from {model.name}",
             target=target,

@@ -1,4 +1,5 @@
-"""The model card (model.json), the golden vectors (golden.json) and the ONNX metadata_props.
+"""The model card (model.json), the golden vectors (golden.json), the explainer's background rows
+(background.json) and the ONNX metadata_props.
 
 Their shape is the contract (contract.py, docs/model-repository.md); serve/ reads nothing else.
 """
@@ -18,6 +19,7 @@ import numpy.typing as npt
 import onnx
 
 from contract import (
+    BACKGROUND_FILE,
     CARD_FILE,
     CARD_FORMAT,
     DATATYPES,
@@ -25,6 +27,8 @@ from contract import (
     GOLDEN_FILE,
     GOLDEN_RTOL,
     MODEL_FILE,
+    BackgroundCard,
+    ImportanceCard,
     ModelCard,
     Task,
     TensorCard,
@@ -71,11 +75,17 @@ def build_card(
     search: dict[str, Any] | None,
     parity: dict[str, Any],
     golden_rows: int,
+    background: BackgroundCard | None = None,
+    importance: ImportanceCard | None = None,
 ) -> ModelCard:
     """Everything a client or another runtime needs to know about one published version.
 
-    `sha256` is left empty: it is of the final bytes, which carry this card's metadata (`add_metadata`).
+    `sha256` and `digests` are left empty: they are of the final bytes, and model.onnx carries this
+    card's metadata (`add_metadata`).
     """
+    files = {"model": MODEL_FILE, "card": CARD_FILE, "golden": GOLDEN_FILE}
+    if background is not None:
+        files["background"] = BACKGROUND_FILE
     return ModelCard(
         format=CARD_FORMAT,
         name=name,
@@ -93,9 +103,12 @@ def build_card(
         search=search,
         parity=parity,
         versions=library_versions(model),
-        files={"model": MODEL_FILE, "card": CARD_FILE, "golden": GOLDEN_FILE},
+        files=files,
         golden_rows=golden_rows,
         sha256="",
+        digests={},
+        background=background,
+        importance=importance,
     )
 
 
@@ -137,15 +150,30 @@ def build_golden(
     tolerance: tuple[float, float] = (GOLDEN_ATOL, GOLDEN_RTOL),
 ) -> dict[str, Any]:
     """Inputs and scikit-learn's outputs for them, and the tolerance to hold them to, readable from any language."""
-    input_types = {spec["name"]: spec["datatype"] for spec in card["inputs"]}
     output_types = {spec["name"]: spec["datatype"] for spec in card["outputs"]}
     return {
         "format": CARD_FORMAT,
         "note": "outputs are scikit-learn's; null in FP32 inputs means a missing value (NaN)",
         "tolerance": {"atol": tolerance[0], "rtol": tolerance[1]},
-        "inputs": {name: encode_tensor(array, input_types[name]) for name, array in feed.items()},
+        "inputs": encode_inputs(feed, card),
         "outputs": {name: encode_tensor(array, output_types[name]) for name, array in outputs.items()},
     }
+
+
+def build_background(feed: dict[str, npt.NDArray[Any]], background: BackgroundCard, card: ModelCard) -> dict[str, Any]:
+    """background.json: the card's `background` entry (less the file name) and the rows, encoded as golden inputs."""
+    return {
+        "rows": background["rows"],
+        "seed": background["seed"],
+        "stratified": background["stratified"],
+        "inputs": encode_inputs(feed, card),
+    }
+
+
+def encode_inputs(feed: dict[str, npt.NDArray[Any]], card: ModelCard) -> dict[str, Any]:
+    """One JSON tensor per model input, typed as the card's `inputs` say (one encoding for every file)."""
+    input_types = {spec["name"]: spec["datatype"] for spec in card["inputs"]}
+    return {name: encode_tensor(array, input_types[name]) for name, array in feed.items()}
 
 
 def dumps(document: ModelCard | dict[str, Any]) -> bytes:

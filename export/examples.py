@@ -107,6 +107,8 @@ class TrainedExample:
     pipeline: BaseEstimator
     train_frame: pd.DataFrame
     check_frame: pd.DataFrame
+    train_labels: pd.Series
+    check_labels: pd.Series
     metrics: dict[str, Any]
     search: dict[str, Any]
     target: str
@@ -129,4 +131,4 @@ def train_example(example: Example) -> TrainedExample:
     metrics: dict[str, Any] = {"cv": cross_validate_pipeline(pipeline, train_x, train_y, example.task, example.folds)}
     if example.test_size:
         metrics["holdout"] = {"rows": len(test_x), "score": float(pipeline.score(test_x, test_y))}
-    return TrainedExample(pipeline, train_x, test_x, metrics, search, str(target.name))
+    return TrainedExample(pipeline, train_x, test_x, train_y, test_y, metrics, search, str(target.name))

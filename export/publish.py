@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from contract import CARD_FILE, GOLDEN_FILE, MODEL_FILE, ModelCard, Task, read_card
+from contract import BACKGROUND_FILE, CARD_FILE, GOLDEN_FILE, MODEL_FILE, BackgroundCard, ModelCard, Task, read_card
 from export import card as cards
+from export.background import DEFAULT_BACKGROUND_ROWS, DEFAULT_BACKGROUND_SEED, sample_background
 from export.convert import convert_pipeline
 from export.features import describe_features
+from export.importance import MAX_IMPORTANCE_ROWS, measure_importance
 from export.parity import (
     ParityError,
     ParityReport,
@@ -56,13 +58,19 @@ def export_pipeline(
     metrics: dict[str, Any] | None = None,
     search: dict[str, Any] | None = None,
     tolerance: Tolerance = DEFAULT_TOLERANCE,
+    training_labels: pd.Series | None = None,
+    check_labels: pd.Series | None = None,
+    background_rows: int = DEFAULT_BACKGROUND_ROWS,
+    background_seed: int = DEFAULT_BACKGROUND_SEED,
     progress: Callable[[str], None] = lambda message: None,
 ) -> Published:
     """Convert `pipeline`, check it on `check_frame` plus edge rows, and publish it if it passes.
 
     `training_frame` (prepared: float32 numbers, '' for missing strings) gives the features' ranges and
-    categories; `check_frame` holds the held-out rows. Raises ParityError or UnconvertibleStepError
-    and writes nothing when the model is refused.
+    categories, and the explainer's background rows (`background_rows` of them, 0 for none; stratified by
+    `training_labels` for a classifier); `check_frame` holds the held-out rows, and with `check_labels`
+    the permutation importance. Raises ParityError or UnconvertibleStepError and writes nothing when the
+    model is refused.
     """
     check_name(name)
     progress("converting with skl2onnx")
@@ -82,6 +90,21 @@ def export_pipeline(
     golden_outputs = {key: value[golden_index] for key, value in expected.items()}
     classes = [_plain(label) for label in getattr(pipeline, "classes_", [])] or None
 
+    background: BackgroundCard | None = None
+    background_feed: dict[str, Any] = {}
+    if background_rows:
+        strata = training_labels if task == "classification" else None
+        drawn = sample_background(training_frame, strata, background_rows, background_seed)
+        background = BackgroundCard(
+            file=BACKGROUND_FILE, rows=len(drawn.frame), seed=drawn.seed, stratified=drawn.stratified
+        )
+        background_feed = onnx_feed(drawn.frame, input_names)
+    importance = None
+    if check_labels is not None:
+        progress(f"permutation importance on {min(len(check_frame), MAX_IMPORTANCE_ROWS)} held-out rows")
+        columns = [feature.column or feature.name for feature in features]
+        importance = measure_importance(pipeline, check_frame, check_labels, columns)
+
     def render(version: int) -> dict[str, bytes]:
         card = cards.build_card(
             name=name,
@@ -97,18 +120,24 @@ def export_pipeline(
             search=search,
             parity=report.to_json(),
             golden_rows=len(golden_index),
+            background=background,
+            importance=importance,
         )
         cards.add_metadata(model, card)
         model_bytes = model.SerializeToString()
         _recheck_golden(model_bytes, golden_feed, golden_outputs, tolerance)
-        card["sha256"] = cards.sha256_hex(model_bytes)
-        return {
+        files = {
             MODEL_FILE: model_bytes,
-            CARD_FILE: cards.dumps(card),
             GOLDEN_FILE: cards.dumps(
                 cards.build_golden(golden_feed, golden_outputs, card, (tolerance.atol, tolerance.rtol))
             ),
         }
+        if background is not None:
+            files[BACKGROUND_FILE] = cards.dumps(cards.build_background(background_feed, background, card))
+        card["sha256"] = cards.sha256_hex(model_bytes)
+        # Every file but the card itself, so a reader can verify all it loads (the card cannot hold its own hash).
+        card["digests"] = {file_name: cards.sha256_hex(content) for file_name, content in files.items()}
+        return {**files, CARD_FILE: cards.dumps(card)}
 
     version, path = publish(model_dir, name, render)
     progress(f"published {name} version {version} at {path}")
