@@ -1,4 +1,4 @@
-"""One model version: an onnxruntime session, its tensor metadata and its model card."""
+"""One model version: an onnxruntime session, its tensor metadata, its model card and explainer background."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ class Model:
         self.version_text = str(version)
         self.folder = folder
         self.card = _read_card(folder)
-        model_bytes = _read_verified(folder, self.card)
+        # Read once and parse what was hashed: a file swapped after the check is never the one used.
+        verified = _read_verified(folder, self.card)
+        model_bytes = verified[MODEL_FILE]
         try:
             self.session = ort.InferenceSession(
                 model_bytes, _session_options(options), providers=["CPUExecutionProvider"]
@@ -80,7 +82,9 @@ class Model:
         self.classes = self.card["classes"]
         self.task = self.card["task"]
         self.identity = (name, version, self.card["sha256"])
-        self._check_golden()
+        self._check_golden(verified.get(GOLDEN_FILE))
+        self.background = self._read_background(verified)
+        """The explainer's background rows: input name -> [rows, 1] array, or None when the card has none."""
         self.load_seconds = time.monotonic() - started
 
     def run(self, feed: Feed) -> Feed:
@@ -92,10 +96,15 @@ class Model:
         feed = {spec.name: np.repeat(self._sample[spec.name][:1], rows, axis=0) for spec in self.inputs}
         self.run(feed)
 
-    def _check_golden(self) -> None:
-        """Score the golden inputs and compare with scikit-learn's outputs: a self-test at load time."""
+    def _check_golden(self, content: bytes | None) -> None:
+        """Score the golden inputs and compare with scikit-learn's outputs: a self-test at load time.
+
+        `content` is the verified golden.json; a format 1 card lists no digest for it, so it is read here.
+        """
         path = self.folder / GOLDEN_FILE
-        golden = json.loads(path.read_bytes()) if path.exists() else None
+        if content is None and path.exists():
+            content = path.read_bytes()
+        golden = json.loads(content) if content is not None else None
         self.golden: dict[str, Any] | None = golden
         if golden is None:
             self._sample = {spec.name: _zeros(spec) for spec in self.inputs}
@@ -115,6 +124,19 @@ class Model:
             if not ok:
                 raise ModelLoadError(f"{self.name} v{self.version}: output {name!r} does not reproduce {path}")
 
+    def _read_background(self, verified: dict[str, bytes]) -> dict[str, npt.NDArray[Any]] | None:
+        """background.json's tensors, decoded like golden.json's; they must be exactly the model's inputs."""
+        entry = self.card["background"]
+        if entry is None:
+            return None
+        path = self.folder / entry["file"]
+        # read_card guarantees the background file has a digest, so it is among the verified files.
+        tensors = json.loads(verified[entry["file"]])["inputs"]
+        background = {name: golden_array(tensor) for name, tensor in tensors.items()}
+        if sorted(background) != sorted(self.input_names):
+            raise ModelLoadError(f"{path}: inputs {sorted(background)} are not the model's {sorted(self.input_names)}")
+        return background
+
 
 def _read_card(folder: Path) -> ModelCard:
     try:
@@ -125,15 +147,20 @@ def _read_card(folder: Path) -> ModelCard:
         raise ModelLoadError(f"{folder / CARD_FILE}: {exc}") from None
 
 
-def _read_verified(folder: Path, card: ModelCard) -> bytes:
-    try:
-        model_bytes = (folder / MODEL_FILE).read_bytes()
-    except FileNotFoundError:
-        raise ModelLoadError(f"{folder} has no {MODEL_FILE}") from None
-    digest = hashlib.sha256(model_bytes).hexdigest()
-    if digest != card["sha256"]:
-        raise ModelLoadError(f"{folder / MODEL_FILE}: sha256 {digest} does not match the card's {card['sha256']}")
-    return model_bytes
+def _read_verified(folder: Path, card: ModelCard) -> dict[str, bytes]:
+    """The model and every file the card's `digests` lists, each checked against its sha256."""
+    expected = {**card["digests"], MODEL_FILE: card["sha256"]}
+    verified = {}
+    for file_name, want in expected.items():
+        try:
+            content = (folder / file_name).read_bytes()
+        except FileNotFoundError:
+            raise ModelLoadError(f"{folder} has no {file_name}") from None
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != want:
+            raise ModelLoadError(f"{folder / file_name}: sha256 {digest} does not match the card's {want}")
+        verified[file_name] = content
+    return verified
 
 
 def _session_options(options: SessionOptions) -> ort.SessionOptions:
