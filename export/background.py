@@ -21,6 +21,7 @@ class Background:
     """The rows drawn and how: what the card's `background` entry records."""
 
     frame: pd.DataFrame
+    """The chosen rows in training order, with their training index (so their labels can be looked up)."""
     seed: int
     stratified: bool
 
@@ -37,7 +38,7 @@ def sample_background(
         chosen = rng.choice(len(frame), size=count, replace=False)
     else:
         chosen = _stratified(np.asarray(labels).astype(str), count, rng)
-    return Background(frame.iloc[np.sort(chosen)].reset_index(drop=True), seed, labels is not None)
+    return Background(frame.iloc[np.sort(chosen)], seed, labels is not None)
 
 
 def _stratified(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

@@ -41,7 +41,7 @@ def test_example_is_published_with_passing_parity(model_dir: Path, name: str) ->
 def test_card_describes_inputs_outputs_features_and_provenance(model_dir: Path, name: str) -> None:
     card = read_card(model_dir, name)
     folder = model_dir / name / "1"
-    assert card["format"] == "tabserve.model/1"
+    assert card["format"] == "tabserve.model/2"
     assert (card["name"], card["version"]) == (name, 1)
     assert card["sha256"] == hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
     assert [spec["name"] for spec in card["inputs"]] == [feature["name"] for feature in card["features"]]

@@ -120,6 +120,23 @@ def test_pipeline_command_publishes_a_saved_pipeline(tmp_path: Path) -> None:
     assert [feature["name"] for feature in card["features"]] == ["x1", "x2"]
     assert [feature["accepts_missing"] for feature in card["features"]] == [False, False]
     assert card["metrics"]["sample"]["score"] > 0.999
+    # The sample is the training set: all 50 rows (no classes to stratify by), importance scored as r2.
+    assert card["background"] == {"file": "background.json", "rows": 50, "seed": 0, "stratified": False}
+    assert card["importance"]["scoring"] == "r2" and card["importance"]["columns"][0]["column"] == "x1"
+
+
+def test_background_rows_0_writes_no_background(penguins_csv: Path, tmp_path: Path) -> None:
+    code, output = invoke(
+        "train", str(penguins_csv), "--target", "species", "--estimator", "tree", "--name", "species",
+        "--folds", "2", "--background-rows", "0", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, output
+    folder = tmp_path / "species" / "1"
+    card = json.loads((folder / "model.json").read_text())
+    assert card["background"] is None and "background" not in card["files"]
+    assert not (folder / "background.json").exists()
+    assert set(card["digests"]) == {"model.onnx", "golden.json"}
+    assert card["importance"]["scoring"] == "accuracy"  # held-out labels given: importance does not depend on it
 
 
 def test_unconvertible_step_is_named_and_nothing_is_written(tmp_path: Path) -> None:

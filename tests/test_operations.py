@@ -45,7 +45,7 @@ def publish_copy(
     card["version"] = version
     if model_bytes is not None:
         (staging / "model.onnx").write_bytes(model_bytes)
-        card["sha256"] = hashlib.sha256(model_bytes).hexdigest()
+        card["sha256"] = card["digests"]["model.onnx"] = hashlib.sha256(model_bytes).hexdigest()
     if tamper is not None:
         (staging / "model.onnx").write_bytes((staging / "model.onnx").read_bytes() + tamper)
     (staging / "model.json").write_text(json.dumps(card))
