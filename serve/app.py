@@ -31,6 +31,7 @@ from serve.errors import (
     render,
     send_error,
 )
+from serve.explanations import Explainer
 from serve.gc_tuning import tuned_gc
 from serve.grpc.server import start_grpc
 from serve.inflight import InFlight
@@ -65,9 +66,11 @@ def routes() -> list[BaseRoute]:
             (prefix + "/config", endpoints.model_config, GET),
             (prefix + "/stats", endpoints.model_stats, GET),
             (prefix + "/infer", inference.infer, POST),
+            (prefix + "/explain", inference.explain, POST),
         ]
     for prefix in ("/v1/models/{model_name}", "/v1/models/{model_name}/versions/{model_version}"):
         table.append((prefix + ":predict", inference.predict_records, POST))
+        table.append((prefix + ":explain", inference.explain_records, POST))
         table.append((prefix + "/golden", endpoints.model_golden, GET))
     pages: list[BaseRoute] = [
         Route("/", endpoints.playground, methods=GET),
@@ -177,12 +180,14 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
                 asyncio.create_task(repository.poll(settings.poll_interval_s)) if settings.poll_interval_s else None
             )
             cache = ResponseCache(settings.cache_max_entries) if settings.cache_max_entries else None
+            explainer = Explainer(settings, metrics)
             state: AppState = {
                 "settings": settings,
                 "repository": repository,
                 "lifecycle": lifecycle,
                 "metrics": metrics,
                 "scorer": Scorer(settings.request_timeout_s, cache),
+                "explainer": explainer,
             }
             # gRPC shares this loop, these models, batchers, keys and limits: one lifespan for both.
             grpc_server = await start_grpc(state, keys, in_flight) if settings.grpc_port is not None else None
@@ -196,6 +201,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
                     await grpc_server.stop(settings.shutdown_timeout_s)  # in-flight RPCs finish first
                 if poller is not None:
                     poller.cancel()
+                explainer.close()
                 await repository.close()
 
     table = routes()

@@ -37,6 +37,8 @@ def model_metadata(model: Model, versions: list[int]) -> dict[str, Any]:
         "metrics": card["metrics"],
         "parity": card["parity"],
         "sha256": card["sha256"],
+        "importance": card["importance"],
+        "background_rows": 0 if model.background is None else len(next(iter(model.background.values()))),
     }
     return {
         "name": model.name,

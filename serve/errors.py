@@ -4,6 +4,7 @@ ServeError (500)
 ├── InvalidRequestError (400) ── InferenceFailedError (400)
 ├── UnauthenticatedError (401) / PermissionDeniedError (403)
 ├── ModelNotFoundError (404) / RouteNotFoundError (404) / MethodNotAllowedError (405)
+├── ExplanationUnavailableError (409)
 ├── RequestTimeoutError (408) / PayloadTooLargeError (413) / ClientDisconnectedError (499)
 ├── ServerBusyError, InFlightLimitError, ModelNotReadyError (503, Retry-After)
 └── DeadlineExceededError (504)
@@ -77,6 +78,10 @@ class MethodNotAllowedError(ServeError):
     """Raised with the route's Allow header."""
 
 
+class ExplanationUnavailableError(ServeError):
+    """The model version has no background data (exported with --background-rows 0, or before there was any)."""
+
+
 class RequestTimeoutError(ServeError):
     """The request's headers or body did not arrive in time."""
 
@@ -122,6 +127,8 @@ ERRORS: dict[type[ServeError], tuple[int, str]] = {
     ModelNotFoundError: (HTTPStatus.NOT_FOUND, "NOT_FOUND"),
     RouteNotFoundError: (HTTPStatus.NOT_FOUND, "UNIMPLEMENTED"),
     MethodNotAllowedError: (HTTPStatus.METHOD_NOT_ALLOWED, "UNIMPLEMENTED"),
+    # The request is fine and the model serves; what is missing is the version's background data.
+    ExplanationUnavailableError: (HTTPStatus.CONFLICT, "FAILED_PRECONDITION"),
     RequestTimeoutError: (HTTPStatus.REQUEST_TIMEOUT, "DEADLINE_EXCEEDED"),
     PayloadTooLargeError: (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RESOURCE_EXHAUSTED"),
     ClientDisconnectedError: (499, "CANCELLED"),  # nginx's "client closed request"

@@ -1,4 +1,4 @@
-"""The inference endpoints as plain ASGI apps: V2 infer, records, and the seed article's /predict.
+"""The inference endpoints as plain ASGI apps: V2 infer, records, the seed article's /predict, and explain.
 
 They are the hot path, so they run without Starlette's middleware and Request objects (measured:
 Starlette's routing and middleware cost ~25 us of a ~56 us minimal JSON request on this stack). The
@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from serve import binary, protocol, records
+from serve import binary, explanations, protocol, records
 from serve.access import RequestContext, finish, request_id
 from serve.body import read_body
 from serve.columns import Inputs, Outputs
@@ -130,7 +130,40 @@ async def _predict_seed(context: RequestContext, scope: Scope, receive: Receive)
     return 200, _dumps({key: values[0] if len(values) == 1 else values}), [(b"content-type", JSON)]
 
 
+async def _explain(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
+    """POST /v2/models/{name}[/versions/{version}]/explain: V2 tensors in (validated as infer's), Shapley values out."""
+    settings, repository, headers = _context(scope)
+    entry = context.entry = _entry(repository, scope)
+    body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
+    length = headers.get(binary.HEADER)
+    header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
+    document = protocol.parse_json(header)
+    parsed = protocol.parse_infer_request(document, entry.model, tail, settings.max_request_rows)
+    options = explanations.parse_options(document.get("parameters"), entry.model)
+    context.rows = parsed.rows
+    explainer: explanations.Explainer = scope["state"]["explainer"]
+    explained = await explainer.explain(entry.model, parsed.feed, parsed.rows, options, parsed.timeout_s)
+    if parsed.id is not None:
+        explained["id"] = parsed.id
+    return 200, _dumps(explained), [(b"content-type", JSON)]
+
+
+async def _explain_records(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
+    """POST /v1/models/{name}[/versions/{version}]:explain with {"instances": [...]} as :predict takes them."""
+    settings, repository, headers = _context(scope)
+    entry = context.entry = _entry(repository, scope)
+    body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
+    document = protocol.parse_json(body)
+    feed, rows = records.parse_instances(document, entry.model, settings.max_request_rows)
+    options = explanations.parse_options(document.get("parameters") if "instances" in document else None, entry.model)
+    context.rows = rows
+    explainer: explanations.Explainer = scope["state"]["explainer"]
+    return 200, _dumps(await explainer.explain(entry.model, feed, rows, options)), [(b"content-type", JSON)]
+
+
 infer = InferenceEndpoint(_infer)
+explain = InferenceEndpoint(_explain)
+explain_records = InferenceEndpoint(_explain_records)
 predict_records = InferenceEndpoint(_predict_records)
 predict_seed = InferenceEndpoint(_predict_seed)
 

@@ -174,6 +174,19 @@ class Metrics:
         self.cache = Counter(
             "tabserve_cache_lookups", "Response cache lookups by result.", ("result",), registry=registry
         )
+        self.explain_requests = Counter("tabserve_explain_requests", "Explanations answered, by model and method.",
+                                        ("model", "method"), registry=registry)  # fmt: skip
+        self.explain_rows = Counter("tabserve_explain_rows_evaluated", "Model rows scored for explanations.",
+                                    ("model",), registry=registry)  # fmt: skip
+        self.explain_in_flight = Gauge("tabserve_explain_in_flight", "Explain requests being handled.",
+                                       registry=registry, multiprocess_mode="livesum")  # fmt: skip
+        self.explain_seconds = Histogram("tabserve_explain_duration_seconds", "Time to compute an explanation.",
+                                         ("model",), buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+
+    def explained(self, model: str, method: str, rows: int, seconds: float) -> None:
+        self.explain_requests.labels(model, method).inc()
+        self.explain_rows.labels(model).inc(rows)
+        self.explain_seconds.labels(model).observe(seconds)
 
     def requests_for(self, labels: tuple[str, str], protocol: str) -> Callable[[int, float], None]:
         """Where requests with these (model, version) labels are counted: `UNRESOLVED` for no model."""

@@ -59,6 +59,62 @@ SCHEMAS: dict[str, Any] = {
             "outputs": {"type": "array", "items": ANY_OBJECT},
         },
     },  # fmt: skip
+    "ExplainParameters": {
+        "type": "object",
+        "properties": {
+            "method": {"type": "string", "enum": ["exact", "permutation"]},
+            "permutations": {"type": "integer", "minimum": 2, "maximum": 10_000, "multipleOf": 2},
+            "seed": {"type": "integer", "minimum": 0},
+        },
+    },
+    "ExplainRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"$ref": "#/components/schemas/ExplainParameters"},
+            "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/RequestTensor"}},
+        },
+    },
+    "ExplainInstances": {
+        "type": "object",
+        "required": ["instances"],
+        "properties": {
+            "instances": {"type": "array", "minItems": 1, "items": ANY_OBJECT},
+            "parameters": {"$ref": "#/components/schemas/ExplainParameters"},
+        },
+    },
+    "Explanation": {
+        "type": "object",
+        "required": [
+            "model_name",
+            "method",
+            "outputs",
+            "columns",
+            "base_values",
+            "prediction",
+            "values",
+            "additivity_error",
+            "rows_evaluated",
+            "seconds",
+        ],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "method": {"type": "string", "enum": ["exact", "permutation"]},
+            "outputs": {"type": "array", "items": {"type": "string"}},
+            "columns": {"type": "array", "items": {"type": "string"}},
+            "base_values": {"type": "array", "items": {"type": "number"}},
+            "prediction": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "values": {"type": "array", "items": ANY_OBJECT},
+            "standard_errors": {"type": "array", "nullable": True, "items": ANY_OBJECT},
+            "additivity_error": {"type": "number"},
+            "rows_evaluated": {"type": "integer"},
+            "background_rows": {"type": "integer"},
+            "permutations": {"type": "integer", "nullable": True},
+            "seconds": {"type": "number"},
+        },
+    },  # fmt: skip
     "Instances": {
         "type": "object",
         "required": ["instances"],
@@ -109,11 +165,27 @@ def openapi_document(model_names: list[str], versions: list[str]) -> dict[str, A
                 {"$ref": "#/components/schemas/InferResponse"},
             )  # fmt: skip
         }
+        paths[prefix + "/explain"] = {
+            "post": _operation(
+                "Shapley values per input column (exact up to 12 columns, else sampled)",
+                params,
+                "ExplainRequest",
+                {"$ref": "#/components/schemas/Explanation"},
+            )  # fmt: skip
+        }
     for prefix, params in (
         ("/v1/models/{model_name}", [MODEL]),
         ("/v1/models/{model_name}/versions/{model_version}", [MODEL, VERSION]),
     ):
         paths[prefix + ":predict"] = {"post": _operation("records in, predictions out", params, "Instances")}
+        paths[prefix + ":explain"] = {
+            "post": _operation(
+                "records in, Shapley values out",
+                params,
+                "ExplainInstances",
+                {"$ref": "#/components/schemas/Explanation"},
+            )
+        }
         paths[prefix + "/golden"] = {"get": _operation("golden vectors", params)}
     for action in ("load", "unload"):
         paths[f"/v2/repository/models/{{model_name}}/{action}"] = {

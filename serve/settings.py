@@ -68,6 +68,12 @@ class Settings:
 
     max_body_bytes: int = 8 * 1024 * 1024
     max_request_rows: int = 10_000
+    max_explain_rows: int = 16
+    """Rows one explain request may ask to explain; beyond, 413."""
+    max_explain_model_rows: int = 2_000_000
+    """Model rows one explain request may cost (rows x coalitions x background rows); beyond, 413."""
+    max_explain_in_flight: int = 4
+    """Explain requests being handled at once; beyond, 503 + Retry-After. They run one at a time."""
     request_timeout_s: float = 10.0
     """Deadline from arrival to answer; past it the request gets 504 instead of running late."""
     timeout_keep_alive_s: float = 5.0
@@ -109,7 +115,8 @@ class Settings:
         if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
             raise ValueError(f"SERVE_GRPC_PORT must be a port (0 picks one) or 'off', got {self.grpc_port!r}")
         positive = ("port", "workers", "max_batch_size", "max_queue_size", "max_body_bytes", "max_request_rows",
-                    "ort_intra_op_threads", "ort_inter_op_threads", "max_in_flight", "gc_threshold")  # fmt: skip
+                    "ort_intra_op_threads", "ort_inter_op_threads", "max_in_flight", "gc_threshold", "max_explain_rows",
+                    "max_explain_model_rows", "max_explain_in_flight")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"SERVE_{name.upper()} must be > 0, got {getattr(self, name)!r}")

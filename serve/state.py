@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
+from serve.explanations import Explainer
 from serve.metrics import Metrics
 from serve.repository import ModelRepository
 from serve.scoring import Scorer
@@ -24,3 +25,4 @@ class AppState(TypedDict):
     lifecycle: Lifecycle
     metrics: Metrics
     scorer: Scorer
+    explainer: Explainer
