@@ -76,6 +76,40 @@ def test_predicting_in_the_page_shows_what_the_api_answers(page: Any, server_url
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_each_prediction_shows_its_signed_contributions_and_the_card_its_global_importance(
+    page: Any, server_url: str, tmp_path: Path
+) -> None:
+    page.goto(server_url + "/")
+    page.wait_for_selector("#models button[data-model='penguins']")
+    fill_penguin(page)
+    metadata = httpx.get(f"{server_url}/v2/models/penguins").json()["parameters"]
+    importance = page.locator("#importance .bar")
+    assert importance.count() == len(metadata["importance"]["columns"]) == len(PENGUIN)
+    first = metadata["importance"]["columns"][0]
+    assert importance.first.get_attribute("data-column") == first["column"]
+    page.locator("#predict").click()
+    page.wait_for_selector("#why:not([hidden])")
+    label = page.locator("#prediction-value").inner_text()
+    api = httpx.post(f"{server_url}/v1/models/penguins:explain", json={"instances": [PENGUIN]}).json()
+    index = api["outputs"].index(label)
+    assert page.locator("#why-output").inner_text() == f"on {label}"
+    for column, values in api["values"][0].items():
+        bar = page.locator(f"#contributions .bar[data-column='{column}']")
+        value = values[index]
+        shown = bar.locator("span").last.inner_text()
+        assert shown.startswith("+" if value >= 0 else "-"), (column, shown, value)
+        assert abs(float(shown) - value) <= 0.001 + 0.001 * abs(value), (column, shown, value)
+        # Pushes up are drawn right of the middle line, pushes down left of it.
+        assert ("down" in (bar.locator(".fill").get_attribute("class") or "")) == (value < 0)
+    # The largest push is listed first, and the note states the additivity the bars add up to.
+    shown_columns = [
+        page.locator("#contributions .bar").nth(i).get_attribute("data-column") for i in range(len(PENGUIN))
+    ]
+    assert shown_columns[0] == max(api["values"][0], key=lambda column: abs(api["values"][0][column][index]))
+    assert "exact" in page.locator("#why-note").inner_text()
+    page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
+
+
 def test_the_page_shows_a_server_error_as_the_server_worded_it(page: Any, server_url: str) -> None:
     page.goto(server_url + "/")
     page.locator("#models button[data-model='age-weight']").click()

@@ -57,6 +57,7 @@ async function selectModel(name, version, button) {
   $("model-title").textContent = `${name} v${version}`;
   $("model-description").textContent = p.description || "";
   renderCard(p);
+  renderImportance(p.importance);
   renderFields(metadata.inputs, p.features || []);
   show($("prediction"), false);
   show($("error"), false);
@@ -85,6 +86,57 @@ function renderCard(p) {
     const dt = document.createElement("dt"); dt.textContent = term;
     const dd = document.createElement("dd"); dd.textContent = value;
     dl.append(dt, dd);
+  }
+}
+
+// A signed bar: from the middle line, right for a push up, left for a push down, scaled to the largest.
+function signedBar(name, value, largest, text) {
+  const row = document.createElement("div");
+  row.className = "bar signed";
+  row.dataset.column = name;
+  row.innerHTML = `<span></span><div class="track"><div class="fill"></div></div><span></span>`;
+  row.children[0].textContent = name;
+  const fill = row.querySelector(".fill");
+  const share = largest > 0 ? (Math.abs(value) / largest) * 50 : 0;
+  fill.style.width = `${share.toFixed(1)}%`;
+  fill.style.left = value >= 0 ? "50%" : `${(50 - share).toFixed(1)}%`;
+  fill.classList.toggle("down", value < 0);
+  row.children[2].textContent = text;
+  return row;
+}
+
+function renderImportance(importance) {
+  const panel = $("importance");
+  panel.replaceChildren();
+  const columns = (importance && importance.columns) || [];
+  const largest = Math.max(0, ...columns.map((c) => Math.abs(c.mean)));
+  for (const c of columns) panel.append(signedBar(c.column, c.mean, largest, `${fmt(c.mean, 3)} ± ${fmt(c.std, 2)}`));
+  show($("importance-panel"), columns.length > 0);
+}
+
+async function explain(record, prediction) {
+  show($("why"), false);
+  show($("why-error"), false);
+  if (!current.metadata.parameters || !current.metadata.parameters.background_rows) return;
+  const path = `/v1/models/${encodeURIComponent(current.name)}/versions/${current.version}:explain`;
+  try {
+    const body = await api(path, { method: "POST", body: JSON.stringify({ instances: [record] }), headers: { "Content-Type": "application/json" } });
+    // A classifier: explain the class it chose; a regressor has one output.
+    const index = prediction && typeof prediction === "object" ? Math.max(0, body.outputs.indexOf(String(prediction.label))) : 0;
+    const values = body.values[0];
+    const entries = Object.entries(values).map(([column, perOutput]) => [column, perOutput[index]]);
+    entries.sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
+    const largest = Math.max(0, ...entries.map(([, v]) => Math.abs(v)));
+    const bars = $("contributions");
+    bars.replaceChildren();
+    for (const [column, value] of entries) bars.append(signedBar(column, value, largest, (value >= 0 ? "+" : "") + fmt(value, 3)));
+    $("why-output").textContent = `on ${body.outputs[index]}`;
+    $("why-note").textContent = `base ${fmt(body.base_values[index])} + contributions = ${fmt(body.prediction[0][index])} · ` +
+      `${body.method}, ${body.rows_evaluated} rows scored in ${(body.seconds * 1000).toFixed(1)} ms`;
+    show($("why"), true);
+  } catch (error) {
+    $("why-error").textContent = `explanation: ${error.message}`;
+    show($("why-error"), true);
   }
 }
 
@@ -134,6 +186,7 @@ async function predict(event) {
     const body = await api(path, { method: "POST", body: JSON.stringify({ instances: [record] }), headers: { "Content-Type": "application/json" } });
     const elapsed = performance.now() - started;
     showPrediction(body.predictions[0], elapsed);
+    await explain(record, body.predictions[0]);
   } catch (error) {
     show($("prediction"), false);
     $("error").textContent = error.message;
