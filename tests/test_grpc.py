@@ -23,6 +23,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from loadtest.servers import clean_env, free_port
+from serve.grpc import open_inference_pb2 as pb
 from tests.conftest import EXAMPLE_NAMES, read_golden, running_server, self_signed_certificate
 
 pytestmark = pytest.mark.slow
@@ -186,7 +187,7 @@ def test_the_aio_client_and_the_health_and_reflection_services(grpc_server: tupl
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         listed = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {service.name for service in listed.list_services_response.service}
-        assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+        assert {"inference.GRPCInferenceService", "tabserve.v2.ExplainService", "grpc.health.v1.Health"} <= names
         described = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
             file_containing_symbol="inference.GRPCInferenceService")])))  # fmt: skip
         assert described.file_descriptor_response.file_descriptor_proto, "grpcurl can describe the service"
@@ -299,14 +300,18 @@ def random_request(rng: np.random.Generator) -> service_pb2.ModelInferRequest:
     return request
 
 
-def test_random_infer_requests_get_a_precise_status_never_internal_or_unknown(grpc_server: tuple[str, str]) -> None:
+@pytest.mark.parametrize("rpc", ["infer", "explain"])
+def test_random_infer_requests_get_a_precise_status_never_internal_or_unknown(
+    grpc_server: tuple[str, str], rpc: str
+) -> None:
     rng = np.random.default_rng(20261202)
     seen: set[grpc.StatusCode] = set()
     with grpc.insecure_channel(grpc_server[1]) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        call = stub.ModelInfer if rpc == "infer" else explain_stub(channel)
         for _ in range(400):
             try:
-                stub.ModelInfer(random_request(rng), timeout=10)
+                call(random_request(rng), timeout=10)
                 seen.add(grpc.StatusCode.OK)
             except grpc.RpcError as exc:
                 seen.add(exc.code())
@@ -319,3 +324,48 @@ def typed_request_for_age() -> service_pb2.ModelInferRequest:
     request = service_pb2.ModelInferRequest(model_name="age-weight")
     request.inputs.add(name="age", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(35.0)
     return request
+
+
+def explain_stub(channel: grpc.Channel) -> Any:
+    """tabserve.v2.ExplainService/ModelExplain: tritonclient's ModelInferRequest in (the same wire format)."""
+    return channel.unary_unary(
+        "/tabserve.v2.ExplainService/ModelExplain",
+        request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelExplainResponse.FromString,
+    )
+
+
+def first_rows(golden: dict[str, Any], rows: int) -> dict[str, Any]:
+    """The golden file with only its first `rows` input rows (one column per input)."""
+    inputs = {
+        name: {**tensor, "shape": [rows, 1], "data": tensor["data"][:rows]} for name, tensor in golden["inputs"].items()
+    }
+    return {**golden, "inputs": inputs}
+
+
+def test_model_explain_answers_what_rest_explain_answers(grpc_server: tuple[str, str], model_dir: Path) -> None:
+    url, address = grpc_server
+    golden = first_rows(read_golden(model_dir, "penguins"), 3)
+    request = typed_request("penguins", golden)
+    request.id = "why-grpc"
+    request.parameters["method"].string_param = "exact"
+    sampled_request = typed_request("breast-cancer", first_rows(read_golden(model_dir, "breast-cancer"), 1))
+    sampled_request.parameters["permutations"].int64_param = 4
+    with grpc.insecure_channel(address) as channel:
+        answer = explain_stub(channel)(request, timeout=30)
+        sampled = explain_stub(channel)(sampled_request, timeout=30)
+        sampled_request.parameters["method"].string_param = "exact"
+        with pytest.raises(grpc.RpcError) as refused:
+            explain_stub(channel)(sampled_request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "up to 12 columns" in refused.value.details()
+    inputs = [{**tensor, "name": name} for name, tensor in golden["inputs"].items()]
+    rest = httpx.post(f"{url}/v2/models/penguins/explain", json={"inputs": inputs}, timeout=30).json()
+    assert (answer.id, answer.method, list(answer.outputs)) == ("why-grpc", "exact", rest["outputs"])
+    assert list(answer.base_values) == rest["base_values"] and answer.rows_evaluated == rest["rows_evaluated"]
+    assert len(answer.rows) == len(rest["values"]) == 3
+    for row, values, prediction in zip(answer.rows, rest["values"], rest["prediction"], strict=True):
+        assert list(row.prediction) == prediction
+        assert {column.column: list(column.values) for column in row.columns} == values
+    assert sampled.method == "permutation" and sampled.permutations == 4 and len(sampled.rows[0].columns) == 30
+    assert all(len(column.standard_errors) == 2 for column in sampled.rows[0].columns)
+    assert sampled.additivity_error < 1e-5

@@ -95,3 +95,34 @@ def to_message(document: Mapping[str, Any], message: type[M]) -> M:
     """A REST document as its gRPC message: the field names are the protocol's on both; REST-only extras drop."""
     parsed: M = json_format.ParseDict(document, message(), ignore_unknown_fields=True)
     return parsed
+
+
+def explain_response(explained: Mapping[str, Any], request_id: str) -> pb.ModelExplainResponse:
+    """REST's explanation document as ModelExplainResponse: a row per explained row, a column per input."""
+    errors = explained["standard_errors"]
+    rows = [
+        pb.RowExplanation(
+            prediction=prediction,
+            columns=[
+                pb.ColumnContribution(
+                    column=column, values=values, standard_errors=errors[index][column] if errors else []
+                )
+                for column, values in explained["values"][index].items()
+            ],
+        )
+        for index, prediction in enumerate(explained["prediction"])
+    ]
+    return pb.ModelExplainResponse(
+        model_name=explained["model_name"],
+        model_version=explained["model_version"],
+        id=request_id,
+        method=explained["method"],
+        outputs=explained["outputs"],
+        base_values=explained["base_values"],
+        rows=rows,
+        additivity_error=explained["additivity_error"],
+        rows_evaluated=explained["rows_evaluated"],
+        background_rows=explained["background_rows"],
+        permutations=explained["permutations"] or 0,
+        seconds=explained["seconds"],
+    )

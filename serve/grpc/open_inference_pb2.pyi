@@ -569,3 +569,49 @@ class ModelConfig(_message.Message):
     dynamic_batching: ModelDynamicBatching
     instance_group: _containers.RepeatedCompositeFieldContainer[ModelInstanceGroup]
     def __init__(self, name: _Optional[str] = ..., platform: _Optional[str] = ..., backend: _Optional[str] = ..., version_policy: _Optional[_Union[ModelVersionPolicy, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., input: _Optional[_Iterable[_Union[ModelInput, _Mapping]]] = ..., output: _Optional[_Iterable[_Union[ModelOutput, _Mapping]]] = ..., dynamic_batching: _Optional[_Union[ModelDynamicBatching, _Mapping]] = ..., instance_group: _Optional[_Iterable[_Union[ModelInstanceGroup, _Mapping]]] = ...) -> None: ...
+
+class ColumnContribution(_message.Message):
+    __slots__ = ("column", "values", "standard_errors")
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    STANDARD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    column: str
+    values: _containers.RepeatedScalarFieldContainer[float]
+    standard_errors: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, column: _Optional[str] = ..., values: _Optional[_Iterable[float]] = ..., standard_errors: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class RowExplanation(_message.Message):
+    __slots__ = ("prediction", "columns")
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    prediction: _containers.RepeatedScalarFieldContainer[float]
+    columns: _containers.RepeatedCompositeFieldContainer[ColumnContribution]
+    def __init__(self, prediction: _Optional[_Iterable[float]] = ..., columns: _Optional[_Iterable[_Union[ColumnContribution, _Mapping]]] = ...) -> None: ...
+
+class ModelExplainResponse(_message.Message):
+    __slots__ = ("model_name", "model_version", "id", "method", "outputs", "base_values", "rows", "additivity_error", "rows_evaluated", "background_rows", "permutations", "seconds")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    BASE_VALUES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ADDITIVITY_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ROWS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PERMUTATIONS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    id: str
+    method: str
+    outputs: _containers.RepeatedScalarFieldContainer[str]
+    base_values: _containers.RepeatedScalarFieldContainer[float]
+    rows: _containers.RepeatedCompositeFieldContainer[RowExplanation]
+    additivity_error: float
+    rows_evaluated: int
+    background_rows: int
+    permutations: int
+    seconds: float
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., method: _Optional[str] = ..., outputs: _Optional[_Iterable[str]] = ..., base_values: _Optional[_Iterable[float]] = ..., rows: _Optional[_Iterable[_Union[RowExplanation, _Mapping]]] = ..., additivity_error: _Optional[float] = ..., rows_evaluated: _Optional[int] = ..., background_rows: _Optional[int] = ..., permutations: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

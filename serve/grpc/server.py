@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from serve.auth import KeyRing
 from serve.grpc import open_inference_pb2 as pb
-from serve.grpc.servicer import SERVICE, Servicer
+from serve.grpc.servicer import EXPLAIN_SERVICE, SERVICE, Servicer
 from serve.inflight import InFlight
 from serve.repository import ModelRepository
 from serve.state import AppState, Lifecycle
@@ -50,9 +50,9 @@ async def start_grpc(state: AppState, keys: KeyRing, in_flight: InFlight) -> grp
     ]
     server = grpc.aio.server(options=options)
     servicer = Servicer(state, keys, in_flight)
-    server.add_generic_rpc_handlers((servicer.handler(),))
+    server.add_generic_rpc_handlers(servicer.handlers())
     health_pb2_grpc.add_HealthServicer_to_server(Health(state["lifecycle"], state["repository"]), server)
-    names = (SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+    names = (SERVICE, EXPLAIN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server, pool=_reflection_pool(servicer))
     address = f"{settings.host}:{settings.grpc_port}"
     if settings.ssl_certfile is not None and settings.ssl_keyfile is not None:

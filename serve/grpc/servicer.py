@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from serve import descriptions, protocol
+from serve import descriptions, explanations, protocol
 from serve.access import RequestContext, finish, request_id
 from serve.auth import KeyRing, presented_key
 from serve.errors import (
@@ -33,8 +33,12 @@ from serve.inflight import InFlight
 from serve.state import AppState
 
 SERVICE = "inference.GRPCInferenceService"
+EXPLAIN_SERVICE = "tabserve.v2.ExplainService"
+"""tabserve's extension: explanations, declared at the end of open_inference.proto."""
 logger = logging.getLogger("tabserve.grpc")
 Handler = Callable[[Any, grpc.aio.ServicerContext, RequestContext], Awaitable[Any]]
+Rpc = tuple[Handler, type[Any], type[Any], bool, bool]
+"""(handler, request type, response type, needs an admin key, is an inference request)"""
 
 
 class Servicer:
@@ -42,8 +46,7 @@ class Servicer:
         self.state = state
         self.keys = keys
         self.in_flight = in_flight
-        # RPC -> (handler, request type, response type, needs an admin key, is an inference request)
-        self.rpcs: dict[str, tuple[Handler, type[Any], type[Any], bool, bool]] = {
+        self.rpcs: dict[str, Rpc] = {
             "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse, False, False),
             "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse, False, False),
             "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse, False, False),
@@ -60,23 +63,29 @@ class Servicer:
             "RepositoryModelUnload": (self.repository_unload, pb.RepositoryModelUnloadRequest,
                                       pb.RepositoryModelUnloadResponse, True, False),
         }  # fmt: skip
+        self.extensions: dict[str, Rpc] = {
+            "ModelExplain": (self.model_explain, pb.ModelInferRequest, pb.ModelExplainResponse, False, True),
+        }
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
+        """inference.GRPCInferenceService, and tabserve's ExplainService beside it."""
+        return self._service(SERVICE, self.rpcs), self._service(EXPLAIN_SERVICE, self.extensions)
+
+    def _service(self, service: str, rpcs: dict[str, Rpc]) -> grpc.GenericRpcHandler:
         methods = {
             name: grpc.unary_unary_rpc_method_handler(
-                self._guarded(name, handle, admin, counted),
+                self._guarded(f"/{service}/{name}", handle, admin, counted),
                 request_deserializer=request.FromString,
                 response_serializer=response.SerializeToString,
             )
-            for name, (handle, request, response, admin, counted) in self.rpcs.items()
+            for name, (handle, request, response, admin, counted) in rpcs.items()
         }
-        return grpc.method_handlers_generic_handler(SERVICE, methods)
+        return grpc.method_handlers_generic_handler(service, methods)
 
     def _guarded(
-        self, name: str, handle: Handler, admin: bool, counted: bool
+        self, path: str, handle: Handler, admin: bool, counted: bool
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         """Auth, the in-flight limit, error mapping, metrics and the access log around one RPC."""
-        path = f"/{SERVICE}/{name}"
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -141,6 +150,22 @@ class Servicer:
         outputs = await state["scorer"].score(entry, parsed.feed, parsed.rows, timeout_s, _on_leave(context))
         record.batch_rows = outputs.batch_rows
         return converters.infer_response(entry.model, parsed, outputs)
+
+    async def model_explain(self, request: pb.ModelInferRequest, context: Any, record: RequestContext) -> Any:
+        """An infer request explained: its parameters "method", "permutations" and "seed" as REST's."""
+        state = self.state
+        settings = state["settings"]
+        entry = record.entry = state["repository"].get(request.model_name, request.model_version or None)
+        document, tail = converters.infer_document(request)
+        parsed = protocol.parse_infer_request(document, entry.model, tail, settings.max_request_rows)
+        options = explanations.parse_options(document.get("parameters"), entry.model)
+        timeout_s = parsed.timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout_s = min(math.inf if timeout_s is None else timeout_s, max(remaining, 0.0))
+        record.rows = parsed.rows
+        explained = await state["explainer"].explain(entry.model, parsed.feed, parsed.rows, options, timeout_s)
+        return converters.explain_response(explained, request.id)
 
     async def server_live(self, request: Any, context: Any, record: RequestContext) -> Any:
         return pb.ServerLiveResponse(live=True)
