@@ -116,5 +116,33 @@ def bench(model_dir: Path, example: str, loads: str, reps: int, duration_s: int,
     click.echo(f"written: {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
 
 
+@cli.command("explain-bench")
+@click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+)
+@click.option("--reps", type=click.IntRange(2, 20), default=5, show_default=True)
+@click.option(
+    "--duration", "duration_s", type=click.IntRange(1, 120), default=5, show_default=True, help="Seconds per wrk run."
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-results/explain.json"),
+    show_default=True,
+)  # fmt: skip
+def explain_bench(model_dir: Path, reps: int, duration_s: int, out: Path) -> None:
+    """Explanations: latency per example, overhead over onnxruntime, effect of explain load on infer p99."""
+    import json
+
+    from loadtest.explain_bench import run, summary
+
+    report = run(model_dir, reps, duration_s)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    click.echo(summary(report))
+    click.echo(f"written: {out}")
+
+
 if __name__ == "__main__":
     cli(prog_name="python -m loadtest")
