@@ -2,8 +2,8 @@
 steady explain load does to inference.
 
 Three parts, each measured interleaved within one run (the machines are noisy: ../shared/BENCHMARKING.md):
-1. In process, on core 0: rows evaluated per second by an explanation against plain onnxruntime on a
-   batch of the same size (CHUNK_ROWS rows of the same background), repetitions alternating.
+1. In process, on core 0: rows evaluated per second by an explanation against plain onnxruntime on
+   batches of the sizes the explanation's calls have (background rows repeated), repetitions alternating.
 2. Served: one row per request, exact and permutation, round trip and the server's own `seconds`.
 3. Inference p50/p99 at 8 connections (wrk, 1-row JSON) with and without one client explaining in a
    loop, the server alone on core 0 as a one-CPU pod, alternating; a p99 ratio near 1 is the goal.
@@ -41,6 +41,10 @@ def _load(model_dir: Path, name: str) -> Model:
     return Model(name, 1, model_dir / name / "1", SessionOptions())
 
 
+def _rows(background: dict[str, Any], rows: int) -> dict[str, Any]:
+    return {key: np.resize(value, (rows, *value.shape[1:])) for key, value in background.items()}
+
+
 def overhead(model_dir: Path, repetitions: int) -> list[dict[str, Any]]:
     """Part 1: explanation rows/s over onnxruntime rows/s on CHUNK_ROWS-row batches, medians of alternations."""
     results = []
@@ -53,15 +57,20 @@ def overhead(model_dir: Path, repetitions: int) -> list[dict[str, Any]]:
             row = {key: golden_array(tensor)[:1] for key, tensor in golden["inputs"].items()}
             score = scorer(model)
             size = len(next(iter(model.background.values())))
-            batch = {key: np.resize(value, (CHUNK_ROWS, *value.shape[1:])) for key, value in model.background.items()}
             for method in _methods(len(model.inputs)):
                 explained, plain = [], []
                 for _ in range(repetitions):
                     explanation = shapley.explain(score, row, model.background, method=method, chunk_rows=CHUNK_ROWS)
                     explained.append(explanation.rows_evaluated / explanation.seconds)
+                    # The same calls: the coalition rows in chunks of whole coalitions, then the row itself.
+                    composed = explanation.rows_evaluated - 1
+                    per_call = max(1, CHUNK_ROWS // size) * size
+                    sizes = [per_call] * (composed // per_call) + ([composed % per_call] if composed % per_call else [])
+                    batches = [_rows(model.background, rows) for rows in [*sizes, 1]]
                     started = time.perf_counter()
-                    score(batch)
-                    plain.append(CHUNK_ROWS / (time.perf_counter() - started))
+                    for batch in batches:
+                        score(batch)
+                    plain.append(explanation.rows_evaluated / (time.perf_counter() - started))
                 results.append({
                     "model": name, "method": method, "columns": len(model.inputs), "background_rows": size,
                     "rows_evaluated": explanation.rows_evaluated, "explain_rows_per_s": statistics.median(explained),

@@ -23,8 +23,9 @@ import numpy.typing as npt
 
 Method = Literal["exact", "permutation"]
 Array = npt.NDArray[Any]
-Score = Callable[[dict[str, Array]], npt.NDArray[np.float64]]
-"""A batch of inputs -> the explained quantity, (rows, outputs): the value, or each class's probability."""
+Score = Callable[[dict[str, Array]], npt.NDArray[np.floating[Any]]]
+"""A batch of inputs -> the explained quantity, (rows, outputs): the value, or each class's probability.
+Averages are taken in float64 whatever its precision."""
 
 MAX_EXACT_COLUMNS = 12
 """2^12 coalitions x 100 background rows is 409,600 model rows per explained row: beyond, sample."""
@@ -99,7 +100,7 @@ def explain(
             raise DeadlineError(f"explanation stopped after {start * size} of {len(units) * size} model rows")
         chunk = units[start : start + per_chunk]
         feed = _compose(names, rows, background, chunk // per_row, masks[chunk % per_row])
-        scored = score(feed).astype(np.float64).reshape(len(chunk), size, -1).mean(axis=1)
+        scored = score(feed).reshape(len(chunk), size, -1).mean(axis=1, dtype=np.float64)
         if worth is None:
             worth = np.empty((len(units), scored.shape[1]))
         worth[start : start + len(chunk)] = scored
@@ -140,11 +141,15 @@ def _compose(
     units, size = len(which), len(next(iter(background.values())))
     feed = {}
     for j, name in enumerate(names):
-        own, others = np.asarray(rows[name])[which], np.asarray(background[name])
-        width = own.shape[1:]
-        chosen = masks[:, j].reshape(units, 1, *([1] * len(width)))
-        composed = np.where(chosen, own[:, None], others[None])
-        feed[name] = composed.reshape(units * size, *width).astype(others.dtype, copy=False)
+        others = np.asarray(background[name])
+        width = others.shape[1:]
+        # Every unit starts as the background rows; units whose coalition holds column j then take the
+        # explained row's value in all their rows. Two block copies: about twice as fast as np.where here.
+        composed = np.empty((units, size, *width), dtype=others.dtype)
+        composed[:] = others
+        chosen = masks[:, j]
+        composed[chosen] = np.asarray(rows[name], dtype=others.dtype)[which[chosen]][:, None]
+        feed[name] = composed.reshape(units * size, *width)
     return feed
 
 
@@ -176,7 +181,7 @@ def _antithetic_orders(columns: int, permutations: int, seed: int) -> npt.NDArra
     if permutations < 2 or permutations % 2:
         raise ValueError(f"permutations must be an even number >= 2, got {permutations}")
     generator = np.random.default_rng(seed)
-    forward = np.array([generator.permutation(columns) for _ in range(permutations // 2)], dtype=np.intp)
+    forward = generator.permuted(np.tile(np.arange(columns, dtype=np.intp), (permutations // 2, 1)), axis=1)
     return np.stack([forward, forward[:, ::-1]], axis=1).reshape(permutations, columns)
 
 
