@@ -65,6 +65,7 @@ def routes() -> list[BaseRoute]:
             (prefix + "/ready", endpoints.model_ready, GET),
             (prefix + "/config", endpoints.model_config, GET),
             (prefix + "/stats", endpoints.model_stats, GET),
+            (prefix + "/quality", endpoints.model_quality, GET),
             (prefix + "/infer", inference.infer, POST),
             (prefix + "/explain", inference.explain, POST),
         ]
@@ -156,6 +157,15 @@ async def render_http_error(request: Request, exc: Exception) -> Response:
     return await render_serve_error(request, error)
 
 
+QUALITY_FLUSH_S = 1.0
+
+
+async def _flush_every(repository: ModelRepository, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        repository.monitors()
+
+
 def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIApp:
     """Create the ASGI app; sessions, batchers and threads exist only inside the lifespan.
 
@@ -179,6 +189,11 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
             poller = (
                 asyncio.create_task(repository.poll(settings.poll_interval_s)) if settings.poll_interval_s else None
             )
+            metrics.watch_quality(repository.monitors)
+            # Counting waits for a batch of batches; this bounds how stale the figures of a quiet model get.
+            flusher = (
+                asyncio.create_task(_flush_every(repository, QUALITY_FLUSH_S)) if settings.quality_monitoring else None
+            )
             cache = ResponseCache(settings.cache_max_entries) if settings.cache_max_entries else None
             explainer = Explainer(settings, metrics)
             state: AppState = {
@@ -199,8 +214,9 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
                 lifecycle.ready = False
                 if grpc_server is not None:
                     await grpc_server.stop(settings.shutdown_timeout_s)  # in-flight RPCs finish first
-                if poller is not None:
-                    poller.cancel()
+                for task in (poller, flusher):
+                    if task is not None:
+                        task.cancel()
                 explainer.close()
                 await repository.close()
 

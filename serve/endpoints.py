@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve import descriptions
+from serve import descriptions, drift
 from serve.body import read_body
 from serve.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from serve.metrics import Metrics
@@ -94,6 +94,19 @@ async def model_stats(request: Request) -> Response:
     params = request.path_params
     stats = descriptions.model_statistics(_repository(request), params.get("model_name"), params.get("model_version"))
     return json_response({"model_stats": stats})
+
+
+async def model_quality(request: Request) -> Response:
+    """What callers sent this version, against its training reference: counts, recent window, PSI, status."""
+    entry = _entry(request)
+    if entry.quality is None:
+        raise ModelNotFoundError("input monitoring is off on this server (SERVE_QUALITY_MONITORING=false)")
+    entry.quality.flush()
+    registry: Metrics = request.state.metrics
+    settings: Settings = request.state.settings
+    document = drift.report(entry.quality, entry.model.name, entry.model.version, registry.families(),
+                            settings.quality_window_rows)  # fmt: skip
+    return json_response(document)
 
 
 async def metrics(request: Request) -> Response:

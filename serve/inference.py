@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from serve import binary, explanations, protocol, records
 from serve.access import RequestContext, finish, request_id
 from serve.body import read_body
 from serve.columns import Inputs, Outputs
-from serve.errors import INTERNAL_ERROR, ServeError, render
+from serve.errors import INTERNAL_ERROR, InvalidRequestError, ServeError, render
 from serve.http import ON_DISCONNECT
 from serve.repository import ModelEntry, ModelRepository
 from serve.settings import Settings
@@ -59,6 +60,20 @@ class InferenceEndpoint:
         finish(context, state["metrics"], status, time.perf_counter() - started, log)
 
 
+def _quality_flags(entry: ModelEntry, feed: Any, rows: int, asked: Any) -> list[dict[str, list[str]]] | None:
+    """Per row, the inputs that were missing, out of range or unseen: only when the request asks."""
+    if not protocol.quality_requested(asked):
+        return None
+    if entry.quality is None:
+        raise InvalidRequestError("input monitoring is off on this server (SERVE_QUALITY_MONITORING=false)")
+    return entry.quality.flags(feed, rows)
+
+
+def _query(scope: Scope, name: str) -> str | None:
+    values = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    return values[-1] if values else None
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -91,25 +106,36 @@ async def _infer(context: RequestContext, scope: Scope, receive: Receive) -> Rep
     body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
     length = headers.get(binary.HEADER)
     header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
-    parsed = protocol.parse_infer_request(protocol.parse_json(header), entry.model, tail, settings.max_request_rows)
+    document = protocol.parse_json(header)
+    parsed = protocol.parse_infer_request(document, entry.model, tail, settings.max_request_rows)
+    flags = _quality_flags(entry, parsed.feed, parsed.rows, (document.get("parameters") or {}).get("quality"))
     outputs = await score(context, scope, entry, parsed.feed, parsed.rows, parsed.timeout_s)
     context.batch_rows = outputs.batch_rows
-    content, header_length = protocol.render_infer_response(entry.model, parsed, outputs)
+    extra = None if flags is None else {"quality": flags}
+    content, header_length = protocol.render_infer_response(entry.model, parsed, outputs, extra)
     if header_length is None:
         return 200, content, [(b"content-type", JSON)]
     return 200, content, [(b"content-type", b"application/octet-stream"),
                           (binary.HEADER, str(header_length).encode())]  # fmt: skip
 
 
-async def _predictions(context: RequestContext, scope: Scope, receive: Receive, entry: ModelEntry) -> list[Any]:
-    """Records in the body, scored by `entry`: one prediction per record."""
+async def _predictions(
+    context: RequestContext, scope: Scope, receive: Receive, entry: ModelEntry, quality: bool = True
+) -> list[Any]:
+    """Records in the body, scored by `entry`: one prediction per record (with `?quality=true` and
+    `quality`, each carries its row's input flags)."""
     settings, _, headers = _context(scope)
     context.entry = entry
     body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
     feed, rows = records.parse_instances(protocol.parse_json(body), entry.model, settings.max_request_rows)
+    flags = _quality_flags(entry, feed, rows, _query(scope, "quality")) if quality else None
     outputs = await score(context, scope, entry, feed, rows, None)
     context.batch_rows = outputs.batch_rows
-    return records.render_predictions(entry.model, outputs)
+    predictions = records.render_predictions(entry.model, outputs)
+    if flags is None:
+        return predictions
+    return [{**(item if isinstance(item, dict) else {"value": item}), "quality": flag}
+            for item, flag in zip(predictions, flags, strict=True)]  # fmt: skip
 
 
 async def _predict_records(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
@@ -124,7 +150,7 @@ async def _predict_seed(context: RequestContext, scope: Scope, receive: Receive)
     """The seed article's endpoint on the default model: {"age": 35} -> {"predicted_weight": 75.0}."""
     state = scope["state"]
     entry = state["repository"].get(state["settings"].default_model)
-    predictions = await _predictions(context, scope, receive, entry)
+    predictions = await _predictions(context, scope, receive, entry, quality=False)
     values = [item["label"] if isinstance(item, dict) else item for item in predictions]
     key = f"predicted_{entry.model.card['target'] or 'value'}"
     return 200, _dumps({key: values[0] if len(values) == 1 else values}), [(b"content-type", JSON)]

@@ -20,6 +20,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from serve.batching import BatchRecord
+from serve.drift import DriftMetrics, PsiCollector
 
 # Sub-millisecond buckets: a batched single-row request takes ~0.1-1 ms here.
 LATENCY_BUCKETS = (
@@ -183,6 +184,25 @@ class Metrics:
         self.explain_seconds = Histogram("tabserve_explain_duration_seconds", "Time to compute an explanation.",
                                          ("model",), buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
 
+        self.drift = DriftMetrics(registry)
+        self._monitors: Callable[[], dict[tuple[str, str], Any]] = dict
+        if registry is not None:
+            registry.register(PsiCollector(self._windows, lambda: self._monitors()))
+
+    def watch_quality(self, monitors: Callable[[], dict[tuple[str, str], Any]]) -> None:
+        """Where the PSI collector finds the loaded versions' monitors (the repository, once it exists)."""
+        self._monitors = monitors
+
+    def _windows(self) -> list[Metric]:
+        return [*self.drift.window.collect(), *self.drift.prediction_window.collect()]
+
+    def families(self) -> list[Metric]:
+        """Every metric as a scrape would see it: this process's, or every worker's when there are several."""
+        if multiprocess():
+            registry = CollectorRegistry()
+            return list(MultiProcessCollector(registry).collect())  # type: ignore[no-untyped-call]
+        return list(self.registry.collect())
+
     def explained(self, model: str, method: str, rows: int, seconds: float) -> None:
         self.explain_requests.labels(model, method).inc()
         self.explain_rows.labels(model).inc(rows)
@@ -213,6 +233,7 @@ class Metrics:
     def exposition(self) -> bytes:
         if multiprocess():
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            files = MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(PsiCollector(lambda: list(files.collect()), lambda: self._monitors()))  # type: ignore[no-untyped-call]
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))

@@ -66,7 +66,10 @@ def parse_infer_request(document: Any, model: Model, tail: bytes, max_rows: int)
 
 
 def render_infer_response(
-    model: Model, request: InferRequest, outputs: Mapping[str, npt.NDArray[Any]]
+    model: Model,
+    request: InferRequest,
+    outputs: Mapping[str, npt.NDArray[Any]],
+    parameters: Mapping[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
     """The V2 response body, and the JSON header's length when binary outputs follow it."""
     tensors: list[dict[str, Any]] = []
@@ -87,6 +90,8 @@ def render_infer_response(
     document: dict[str, Any] = {"model_name": model.name, "model_version": model.version_text, "outputs": tensors}
     if request.id is not None:
         document["id"] = request.id
+    if parameters:
+        document["parameters"] = parameters
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, None
@@ -123,3 +128,14 @@ def _timeout(value: Any) -> float | None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise InvalidRequestError(f"parameters.timeout must be a positive number of microseconds, got {value!r}")
     return value / 1e6
+
+
+def quality_requested(value: Any) -> bool:
+    """parameters.quality (V2) or ?quality= (records): per-row input flags in the answer."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "false", "0"):
+        return value.lower() in ("true", "1")
+    raise InvalidRequestError(f"quality must be true or false, got {describe(value)}")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
 from serve.batching import BatchRecord, MicroBatcher
+from serve.columns import Feed
+from serve.drift import QualityExport
 from serve.errors import ModelNotFoundError
 from serve.metrics import Metrics, ModelMetrics
 from serve.model import Model, ModelLoadError, SessionOptions
+from serve.quality import QualityMonitor
 from serve.settings import Settings
 from serve.statistics import ModelStatistics
 
@@ -25,6 +28,8 @@ class ModelEntry:
     batcher: MicroBatcher
     metrics: ModelMetrics
     statistics: ModelStatistics
+    quality: QualityMonitor | None
+    """What callers send, counted against the card's reference; None when monitoring is off."""
 
 
 def scan(model_dir: Path) -> Iterator[tuple[str, int, Path]]:
@@ -51,6 +56,19 @@ def load_model(name: str, version: int, folder: Path, settings: Settings) -> Mod
     return model
 
 
+def _monitored(model: Model, quality: QualityMonitor) -> Callable[[Feed], Feed]:
+    """The model's run, telling the monitor of every batch it scores (its first output is the prediction:
+    the label, or the value)."""
+    watched = model.output_names[0]
+
+    def run(feed: Feed) -> Feed:
+        outputs = model.run(feed)
+        quality.record(feed, outputs[watched], len(outputs[watched]))
+        return outputs
+
+    return run
+
+
 class ModelRepository:
     """Name -> version -> entry. Owns the batchers: closing the repository drains them."""
 
@@ -75,8 +93,17 @@ class ModelRepository:
             statistics.record(batch)
             model_metrics.batch(batch)
 
+        quality: QualityMonitor | None = None
+        run: Callable[[Feed], Feed] = model.run
+        if settings.quality_monitoring:
+            # Each worker keeps its share of the window: a scrape adds the workers' windows (serve/drift.py).
+            window = max(1, settings.quality_window_rows // settings.workers)
+            quality = QualityMonitor(model.card, model.input_names, window)
+            quality.on_flush = QualityExport(self.metrics.drift, model.name, model.version, quality).publish
+            run = _monitored(model, quality)
+
         batcher = MicroBatcher(
-            model.run,
+            run,
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
             adaptive_wait_ms=settings.adaptive_batch_wait_ms,
@@ -87,7 +114,7 @@ class ModelRepository:
             on_batch=observe,
         )
         await batcher.__aenter__()
-        entry = ModelEntry(model, batcher, model_metrics, statistics)
+        entry = ModelEntry(model, batcher, model_metrics, statistics, quality)
         self._models.setdefault(model.name, {})[model.version] = entry
         self.failures.pop((model.name, model.version), None)
         return entry
@@ -166,6 +193,15 @@ class ModelRepository:
 
     def versions(self, name: str) -> list[int]:
         return sorted(self._models.get(name, {}))
+
+    def monitors(self) -> dict[tuple[str, str], QualityMonitor]:
+        """(model, version) -> monitor, for the metrics' PSI; every pending batch is counted first."""
+        found = {}
+        for entry in self.entries():
+            if entry.quality is not None:
+                entry.quality.flush()
+                found[(entry.model.name, entry.model.version_text)] = entry.quality
+        return found
 
     def entries(self) -> Iterator[ModelEntry]:
         for versions in self._models.values():

@@ -68,6 +68,10 @@ class Settings:
 
     max_body_bytes: int = 8 * 1024 * 1024
     max_request_rows: int = 10_000
+    quality_monitoring: bool = True
+    """Count what callers send per input feature against the training reference (serve/quality.py)."""
+    quality_window_rows: int = 10_000
+    """Recent rows per model version behind each drift score (PSI), all workers together."""
     max_explain_rows: int = 16
     """Rows one explain request may ask to explain; beyond, 413."""
     max_explain_model_rows: int = 2_000_000
@@ -116,7 +120,7 @@ class Settings:
             raise ValueError(f"SERVE_GRPC_PORT must be a port (0 picks one) or 'off', got {self.grpc_port!r}")
         positive = ("port", "workers", "max_batch_size", "max_queue_size", "max_body_bytes", "max_request_rows",
                     "ort_intra_op_threads", "ort_inter_op_threads", "max_in_flight", "gc_threshold", "max_explain_rows",
-                    "max_explain_model_rows", "max_explain_in_flight")  # fmt: skip
+                    "max_explain_model_rows", "max_explain_in_flight", "quality_window_rows")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"SERVE_{name.upper()} must be > 0, got {getattr(self, name)!r}")

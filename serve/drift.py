@@ -1,0 +1,215 @@
+"""Input-quality figures as Prometheus metrics and as the /quality document, from every worker at once.
+
+Counts are prometheus-client counters, incremented by what each flush of a QualityMonitor (serve/quality.py)
+counted; each worker's window is a gauge per bin (multiprocess mode "livesum": a scrape adds the live
+workers' windows). The PSI is not a stored metric: it is computed when read, from the summed windows and
+the card's reference, so with several workers it is the PSI of all of their recent rows together. Each
+worker keeps window_rows / workers rows, so the summed window holds about SERVE_QUALITY_WINDOW_ROWS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from prometheus_client import Counter, Gauge
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from serve.quality import MIN_PSI_ROWS, THRESHOLDS, QualityMonitor, Tally, status_of, window_psi
+
+LABELS = ("model", "version", "feature")
+FEATURE_COUNTERS = {
+    "values": ("tabserve_feature_values", "Values received per input feature (every row, cached answers too)."),
+    "missing": ("tabserve_feature_missing", "Missing values received per input feature."),
+    "unseen": ("tabserve_feature_unseen_category", "Values of a categorical feature the model never saw."),
+}
+OUT_OF_RANGE = ("tabserve_feature_out_of_range", "Numbers outside the training range, by side.")
+BINS = ("tabserve_feature_bin", "Values per training bin (numbers) or category (categorical features).")
+WINDOW = ("tabserve_feature_window_rows", "Rows per bin in this worker's recent window (the PSI's input).")
+PREDICTION_BINS = ("tabserve_prediction_bin", "Served predictions per class or training bin.")
+PREDICTION_WINDOW = ("tabserve_prediction_window_rows", "Predictions per bin in this worker's recent window.")
+FEATURE_PSI = ("tabserve_feature_psi", "Population stability index of the recent window against training.")
+PREDICTION_PSI = ("tabserve_prediction_psi", "Population stability index of recent predictions against held-out ones.")
+
+
+class DriftMetrics:
+    """The metric objects, one set per server; a QualityExport per model version binds its children."""
+
+    def __init__(self, registry: Any) -> None:
+        self.counters = {
+            key: Counter(name, text, LABELS, registry=registry) for key, (name, text) in FEATURE_COUNTERS.items()
+        }
+        self.out_of_range = Counter(*OUT_OF_RANGE, (*LABELS, "side"), registry=registry)
+        self.bins = Counter(*BINS, (*LABELS, "bin"), registry=registry)
+        self.window = Gauge(*WINDOW, (*LABELS, "bin"), registry=registry, multiprocess_mode="livesum")
+        self.prediction_bins = Counter(*PREDICTION_BINS, ("model", "version", "bin"), registry=registry)
+        self.prediction_window = Gauge(*PREDICTION_WINDOW, ("model", "version", "bin"), registry=registry,
+                                       multiprocess_mode="livesum")  # fmt: skip
+
+
+@dataclass
+class _Published:
+    values: int = 0
+    missing: int = 0
+    unseen: int = 0
+    low: int = 0
+    high: int = 0
+    bins: Any = None
+
+
+class QualityExport:
+    """Publishes one model version's flushes: counter increments and the window gauges."""
+
+    def __init__(self, metrics: DriftMetrics, name: str, version: int, monitor: QualityMonitor) -> None:
+        self.metrics = metrics
+        self.labels = (name, str(version))
+        self.monitor = monitor
+        self._published = {tally.name: _Published(bins=np.zeros(len(tally.bins), dtype=np.int64))
+                           for tally in self._tallies()}  # fmt: skip
+
+    def _tallies(self) -> list[Tally]:
+        return [*self.monitor.inputs, *([self.monitor.prediction] if self.monitor.prediction else [])]
+
+    def publish(self) -> None:
+        """Called by the monitor after each flush, under its lock."""
+        metrics = self.metrics
+        for tally in self.monitor.inputs:
+            labels = (*self.labels, tally.name)
+            seen = self._published[tally.name]
+            for key, counter in metrics.counters.items():
+                delta = getattr(tally, key) - getattr(seen, key)
+                if delta:
+                    counter.labels(*labels).inc(delta)
+                    setattr(seen, key, getattr(tally, key))
+            for side in ("low", "high"):
+                delta = getattr(tally, side) - getattr(seen, side)
+                if delta:
+                    metrics.out_of_range.labels(*labels, side).inc(delta)
+                    setattr(seen, side, getattr(tally, side))
+            self._bins(tally, seen, metrics.bins, metrics.window, labels)
+        prediction = self.monitor.prediction
+        if prediction is not None:
+            self._bins(prediction, self._published[prediction.name], metrics.prediction_bins,
+                       metrics.prediction_window, self.labels)  # fmt: skip
+
+    @staticmethod
+    def _bins(tally: Tally, seen: _Published, counter: Counter, gauge: Gauge, labels: tuple[str, ...]) -> None:
+        window = tally.window()
+        for index, label in enumerate(tally.labels):
+            delta = int(tally.bins[index] - seen.bins[index])
+            if delta:
+                counter.labels(*labels, label).inc(delta)
+            gauge.labels(*labels, label).set(int(window[index]))
+        seen.bins = tally.bins.copy()
+
+
+class PsiCollector:
+    """tabserve_feature_psi and tabserve_prediction_psi, computed at scrape from the summed windows."""
+
+    def __init__(self, windows: Any, monitors: Any) -> None:
+        self.windows = windows
+        """A callable giving the collected window families (this process's gauges, or every worker's files)."""
+        self.monitors = monitors
+        """A callable giving {(model, version): QualityMonitor} for the versions loaded here."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        features = GaugeMetricFamily(*FEATURE_PSI, labels=LABELS)
+        predictions = GaugeMetricFamily(*PREDICTION_PSI, labels=("model", "version"))
+        windows = summed_windows(self.windows())
+        for (model, version), monitor in self.monitors().items():
+            for tally in monitor.inputs:
+                value = window_psi(_counts(windows, (model, version, tally.name), tally), tally.expected)
+                if value is not None:
+                    features.add_metric([model, version, tally.name], value)
+            if monitor.prediction is not None:
+                window = _counts(windows, (model, version, "prediction"), monitor.prediction)
+                value = window_psi(window, monitor.prediction.expected)
+                if value is not None:
+                    predictions.add_metric([model, version], value)
+        yield features
+        yield predictions
+
+
+def summed_windows(families: Iterable[Metric]) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(model, version, feature or "prediction") -> bin label -> rows, from the window gauges' samples."""
+    windows: dict[tuple[str, str, str], dict[str, float]] = {}
+    for family in families:
+        if family.name not in (WINDOW[0], PREDICTION_WINDOW[0]):
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            key = (labels["model"], labels["version"], labels.get("feature", "prediction"))
+            bins = windows.setdefault(key, {})
+            bins[labels["bin"]] = bins.get(labels["bin"], 0.0) + sample.value
+    return windows
+
+
+def _counts(windows: dict[tuple[str, str, str], dict[str, float]], key: tuple[str, str, str], tally: Tally) -> Any:
+    bins = windows.get(key, {})
+    return np.array([bins.get(label, 0.0) for label in tally.labels], dtype=np.float64)
+
+
+def report(
+    monitor: QualityMonitor, name: str, version: int, families: list[Metric], window_rows: int
+) -> dict[str, Any]:
+    """GET .../quality: per feature and for the prediction, the counts, the window and its PSI and status,
+    with the card's reference beside them; every worker's rows when there are several."""
+    labels = (name, str(version))
+    totals: dict[tuple[str, ...], float] = {}
+    for family in families:
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("model") == name:
+                key = (sample.name, sample.labels.get("feature", ""), sample.labels.get("side", ""),
+                       sample.labels.get("bin", ""))  # fmt: skip
+                if sample.labels.get("version") == labels[1]:
+                    totals[key] = totals.get(key, 0.0) + sample.value
+    windows = summed_windows(families)
+
+    def total(metric: str, feature: str, side: str = "", bin: str = "") -> int:
+        return int(totals.get((metric + "_total", feature, side, bin), 0.0))
+
+    def figures(tally: Tally, key: str, counter: str) -> dict[str, Any]:
+        window = _counts(windows, (*labels, key), tally)
+        value = window_psi(window, tally.expected)
+        reason = None if value is not None else (
+            "no training reference in the model card" if tally.expected is None
+            else f"{int(window.sum())} rows in the window; a PSI needs {MIN_PSI_ROWS}"
+        )  # fmt: skip
+        return {
+            "status": status_of(value),
+            "psi": value,
+            **({"reason": reason} if reason else {}),
+            "bins": tally.labels,
+            "counts": [total(counter, key if counter == BINS[0] else "", "", label) for label in tally.labels],
+            "window": window.astype(int).tolist(),
+            "reference": None if tally.expected is None else tally.expected.tolist(),
+        }
+
+    features = []
+    for tally in monitor.inputs:
+        entry: dict[str, Any] = {"name": tally.name, "kind": tally.kind}
+        entry["values"] = total(FEATURE_COUNTERS["values"][0], tally.name)
+        entry["missing"] = total(FEATURE_COUNTERS["missing"][0], tally.name)
+        if tally.kind == "categorical":
+            entry["unseen_category"] = total(FEATURE_COUNTERS["unseen"][0], tally.name)
+            entry["categories"] = list(tally.categories)
+        else:
+            entry["out_of_range"] = {side: total(OUT_OF_RANGE[0], tally.name, side) for side in ("low", "high")}
+            entry["training_range"] = [tally.minimum, tally.maximum]
+        entry.update(figures(tally, tally.name, BINS[0]))
+        features.append(entry)
+    document: dict[str, Any] = {
+        "model_name": name,
+        "model_version": str(version),
+        "window_rows": window_rows,
+        "thresholds": {status: threshold for threshold, status in THRESHOLDS},
+        "features": features,
+    }
+    if monitor.prediction is not None:
+        document["prediction"] = figures(monitor.prediction, "prediction", PREDICTION_BINS[0])
+    return document

@@ -1,0 +1,245 @@
+"""Input quality and drift: what callers send to one model version, counted against its training reference.
+
+Per input: values seen, missing values, numbers below or above the training range, categories the
+model never saw, and a histogram on the training bins (card["monitoring"]); the served predictions
+the same way. A rolling window of the most recent rows gives each a population stability index (PSI)
+against the training shares.
+
+Counting costs the hot path one list append per batch: batches wait in `pending` and are counted
+together, vectorised, once FLUSH_ROWS rows have gathered, when someone reads the figures, and at least
+every second (serve/app.py), since a numpy call costs about a microsecond whatever its size and a
+one-row batch has a column per input. No HTTP here; serve/metrics.py exports the figures.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from contract import ModelCard
+
+FLUSH_ROWS = 4096
+MIN_PSI_ROWS = 100
+"""A window with fewer rows has no PSI: a handful of rows differ from any reference by chance."""
+PSI_FLOOR = 1e-4
+"""A share of 0 (a bin never seen in training, or not yet in the window) counts as this in the PSI."""
+Status = Literal["ok", "warn", "alert", "unknown"]
+THRESHOLDS: tuple[tuple[float, Status], ...] = ((0.25, "alert"), (0.1, "warn"))
+"""PSI at or above each, highest first; below them all, "ok". The usual credit-scoring thresholds."""
+UNSEEN = "(unseen)"
+
+
+def psi(actual: npt.NDArray[np.float64], expected: npt.NDArray[np.float64]) -> float:
+    """sum (a - e) ln(a / e) over bins, both as shares, each floored at PSI_FLOOR."""
+    a = np.maximum(actual, PSI_FLOOR)
+    e = np.maximum(expected, PSI_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def status_of(value: float | None) -> Status:
+    if value is None:
+        return "unknown"
+    return next((status for threshold, status in THRESHOLDS if value >= threshold), "ok")
+
+
+@dataclass
+class Tally:
+    """One watched column (an input, or the prediction): its reference and what was counted."""
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    minimum: float | None
+    maximum: float | None
+    categories: tuple[str, ...]
+    edges: npt.NDArray[np.float64] | None
+    """Numeric bin edges: value v is in bin searchsorted(edges, v, side="right")."""
+    expected: npt.NDArray[np.float64] | None
+    """Training shares per bin (categorical: per category, then UNSEEN at 0); None without a reference."""
+    window_rows: int
+    values: int = 0
+    missing: int = 0
+    low: int = 0
+    high: int = 0
+    unseen: int = 0
+    bins: npt.NDArray[np.int64] = field(init=False)
+    ring: npt.NDArray[np.int32] = field(init=False)
+    """The last `window_rows` rows' bins (-1: missing, not binned), oldest overwritten first."""
+    position: int = 0
+
+    def __post_init__(self) -> None:
+        self.bins = np.zeros(len(self.labels), dtype=np.int64)
+        self.ring = np.full(self.window_rows, -1, dtype=np.int32)
+        self._lookup = {category: index for index, category in enumerate(self.categories)}
+
+    @property
+    def labels(self) -> list[str]:
+        """The bins' names, as metrics label them."""
+        if self.kind == "categorical":
+            return [*self.categories, UNSEEN]
+        return [str(index) for index in range(0 if self.edges is None else len(self.edges) + 1)]
+
+    def count(self, column: npt.NDArray[Any]) -> None:
+        values = column.reshape(-1)
+        self.values += len(values)
+        if self.kind == "categorical":
+            strings = values.astype(str) if values.dtype != object else values
+            index = np.fromiter((self._lookup.get(value, -2) for value in strings), np.int32, len(strings))
+            missing = strings == ""
+            index[missing] = -1
+            unseen = index == -2
+            self.unseen += int(unseen.sum())
+            index[unseen] = len(self.categories)
+        else:
+            numbers = values.astype(np.float64)
+            missing = np.isnan(numbers)
+            if self.minimum is not None and self.maximum is not None:
+                self.low += int((numbers < self.minimum).sum())
+                self.high += int((numbers > self.maximum).sum())
+            if self.edges is None:
+                index = np.full(len(numbers), -1, dtype=np.int32)
+            else:
+                index = np.searchsorted(self.edges, numbers, side="right").astype(np.int32)
+                index[missing] = -1
+        self.missing += int(missing.sum())
+        if len(self.bins):
+            self.bins += np.bincount(index[index >= 0], minlength=len(self.bins))
+        self._remember(index)
+
+    def _remember(self, index: npt.NDArray[np.int32]) -> None:
+        if len(index) >= self.window_rows:
+            self.ring[:] = index[-self.window_rows :]
+            self.position = 0
+            return
+        end = self.position + len(index)
+        if end <= self.window_rows:
+            self.ring[self.position : end] = index
+        else:
+            split = self.window_rows - self.position
+            self.ring[self.position :] = index[:split]
+            self.ring[: end - self.window_rows] = index[split:]
+        self.position = end % self.window_rows
+
+    def window(self) -> npt.NDArray[np.int64]:
+        """Counts per bin over the window's rows that were not missing."""
+        recent = self.ring[self.ring >= 0]
+        return np.bincount(recent, minlength=len(self.bins)).astype(np.int64)
+
+    def flags(self, column: npt.NDArray[Any]) -> list[str | None]:
+        """Per row: "missing", "out_of_range", "unseen" or None, for a response that asked for them."""
+        flags: list[str | None] = []
+        for value in column.reshape(-1).tolist():
+            if self.kind == "categorical":
+                text = value if isinstance(value, str) else str(value)
+                flags.append("missing" if text == "" else None if text in self._lookup else "unseen")
+            elif value != value:  # NaN
+                flags.append("missing")
+            elif self.minimum is not None and self.maximum is not None and not self.minimum <= value <= self.maximum:
+                flags.append("out_of_range")
+            else:
+                flags.append(None)
+        return flags
+
+
+def window_psi(window: npt.NDArray[np.int64], expected: npt.NDArray[np.float64] | None) -> float | None:
+    rows = int(window.sum())
+    if expected is None or rows < MIN_PSI_ROWS:
+        return None
+    return psi(window / rows, expected)
+
+
+class QualityMonitor:
+    """Every input of one model version, and its prediction; `record` is the hot path, the rest is reads."""
+
+    def __init__(self, card: ModelCard, inputs: Sequence[str], window_rows: int) -> None:
+        reference: dict[str, Any] = dict(card.get("monitoring") or {})  # type: ignore[call-overload]
+        described = {feature["name"]: feature for feature in card["features"]}
+        features = reference.get("features", {})
+        self.inputs = [_input_tally(name, described.get(name), features.get(name), window_rows) for name in inputs]
+        self.prediction = _prediction_tally(card, reference.get("prediction"), window_rows)
+        self.has_reference = bool(reference)
+        self.on_flush: Callable[[], None] | None = None
+        """Called after each flush, under the lock: the metrics publish what was counted."""
+        self._pending: list[tuple[Mapping[str, Any], Any]] = []
+        self._pending_rows = 0
+        self._lock = threading.Lock()
+
+    def record(self, inputs: Mapping[str, Any], prediction: Any, rows: int) -> None:
+        """A scored batch (or a cached answer): its input columns and its prediction column, counted later."""
+        with self._lock:
+            self._pending.append((inputs, prediction))
+            self._pending_rows += rows
+            full = self._pending_rows >= FLUSH_ROWS
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Count what is pending: one numpy pass per column over every pending batch together."""
+        with self._lock:
+            pending, self._pending, self._pending_rows = self._pending, [], 0
+            if not pending:
+                return
+            for tally in self.inputs:
+                tally.count(_joined([inputs[tally.name] for inputs, _ in pending]))
+            if self.prediction is not None:
+                predictions = [prediction for _, prediction in pending if prediction is not None]
+                if predictions:
+                    self.prediction.count(_joined(predictions))
+            if self.on_flush is not None:
+                self.on_flush()
+
+    def flags(self, inputs: Mapping[str, Any], rows: int) -> list[dict[str, list[str]]]:
+        """Per row, the inputs that were missing, out of the training range, or an unseen category."""
+        found: list[dict[str, list[str]]] = [{"missing": [], "out_of_range": [], "unseen": []} for _ in range(rows)]
+        for tally in self.inputs:
+            for row, flag in enumerate(tally.flags(np.asarray(inputs[tally.name], dtype=object))):
+                if flag is not None:
+                    found[row][flag].append(tally.name)
+        return found
+
+
+def _joined(columns: list[Any]) -> npt.NDArray[Any]:
+    arrays = [np.asarray(column).reshape(-1) for column in columns]
+    if any(array.dtype == object for array in arrays):
+        arrays = [array.astype(object) for array in arrays]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _input_tally(name: str, feature: Any, reference: Any, window_rows: int) -> Tally:
+    kind = (feature or {}).get("kind") or (reference or {}).get("kind") or "numeric"
+    if kind == "categorical":
+        categories = tuple((feature or {}).get("categories") or sorted((reference or {}).get("frequencies", {})))
+        frequencies = None if reference is None else reference.get("frequencies")
+        expected = None
+        if frequencies is not None:
+            expected = np.array([frequencies.get(category, 0.0) for category in categories] + [0.0])
+        return Tally(name, "categorical", None, None, categories, None, expected, window_rows)
+    minimum = _number((feature or {}).get("minimum", (reference or {}).get("minimum")))
+    maximum = _number((feature or {}).get("maximum", (reference or {}).get("maximum")))
+    edges = shares = None
+    if reference is not None and reference.get("shares"):
+        edges = np.array(reference.get("edges", []), dtype=np.float64)
+        shares = np.array(reference["shares"], dtype=np.float64)
+    return Tally(name, "numeric", minimum, maximum, (), edges, shares, window_rows)
+
+
+def _prediction_tally(card: ModelCard, reference: Any, window_rows: int) -> Tally | None:
+    if card["task"] == "classification" and card["classes"]:
+        classes = tuple(str(label) for label in card["classes"])
+        expected = None
+        if reference is not None and reference.get("kind") == "classes":
+            expected = np.array([reference["shares"].get(label, 0.0) for label in classes] + [0.0])
+        return Tally("prediction", "categorical", None, None, classes, None, expected, window_rows)
+    if reference is None or reference.get("kind") != "bins":
+        return Tally("prediction", "numeric", None, None, (), None, None, window_rows)
+    edges = np.array(reference["edges"], dtype=np.float64)
+    return Tally("prediction", "numeric", None, None, (), edges, np.array(reference["shares"]), window_rows)
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
