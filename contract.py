@@ -7,12 +7,17 @@ background.json (format 2, optional) holds training rows for explainers:
 `{"rows": n, "seed": s, "stratified": bool, "inputs": {input_name: {"datatype", "shape", "data"}}}`,
 tensors encoded exactly as golden.json's `inputs` (`shape` [n, 1], `data` flat, null for a missing FP32
 value, "" for a missing BYTES one). The card's `background` says whether it exists; `digests` covers it.
+
+The card's `monitoring` (MonitoringCard, optional) is the training reference a server counts requests
+against for input quality and drift (population stability index); `find_bin` says how values are binned.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, TypedDict, get_type_hints
 
 CARD_FORMAT = "tabserve.model/2"
@@ -121,6 +126,86 @@ class ImportanceCard(TypedDict):
     """One entry per raw column, sorted by `mean`, largest first."""
 
 
+REFERENCE_QUANTILES = tuple(step / 10 for step in range(1, 10))
+"""The quantiles whose values become a numeric reference's interior bin edges: at most 10 bins."""
+
+
+def find_bin(edges: Sequence[float], value: float) -> int:
+    """The bin `value` falls in: the binning rule of every monitoring reference (features and regression predictions).
+
+    Edges: the non-missing training values as float32 (what the model sees), their quantiles at
+    REFERENCE_QUANTILES (0.1, 0.2, ..., 0.9; numpy's default linear interpolation, over the finite values:
+    an infinity still counts, in the first or last bin), rounded to float32,
+    duplicates dropped, sorted, and any edge equal to the minimum dropped (so bin 0 is never empty by
+    construction); written as JSON numbers (float32 values, exact as doubles). A feature with few distinct
+    values so has fewer than 10 bins; one with a single value has no edges and one bin.
+
+    Bins: a value v falls in bin `bisect.bisect_right(edges, v)` (numpy: `searchsorted(edges, v, side="right")`):
+    bin 0 is v < edges[0], bin i is edges[i-1] <= v < edges[i], the last bin is v >= edges[-1]; there are
+    len(edges) + 1 bins and `shares[i]` is bin i's share of the non-missing training values.
+
+    Missing values (NaN for numbers, "" for strings) are in no bin and no category: `missing_rate` is their
+    share of all rows. `minimum` and `maximum` are over the finite values (float32, as doubles); a column with
+    no non-missing value has them null, no edges and no shares (`shares` is []).
+    """
+    return bisect.bisect_right(edges, value)
+
+
+class NumericReference(TypedDict):
+    """A numeric input's training distribution: range, missing share, quantile bins."""
+
+    kind: Literal["numeric"]
+    minimum: float | None
+    maximum: float | None
+    missing_rate: float
+    """Share of all training rows that are NaN."""
+    edges: list[float]
+    """Interior bin edges, strictly increasing, at most 9 (find_bin)."""
+    shares: list[float]
+    """len(edges) + 1 shares of the non-missing training values, summing to 1; [] when there are none."""
+
+
+class CategoricalReference(TypedDict):
+    """A categorical input's training distribution: missing share and category frequencies."""
+
+    kind: Literal["categorical"]
+    missing_rate: float
+    """Share of all training rows that are '' (missing)."""
+    frequencies: dict[str, float]
+    """Category -> share of the non-missing training values, summing to 1 ({} when there are none)."""
+
+
+FeatureReference = NumericReference | CategoricalReference
+
+
+class ClassesReference(TypedDict):
+    """A classifier's predicted labels on the held-out rows."""
+
+    rows: int
+    kind: Literal["classes"]
+    shares: dict[str, float]
+    """str(class label) -> share of held-out predictions; every one of the card's classes (0.0 if never predicted)."""
+
+
+class BinsReference(TypedDict):
+    """A regressor's predictions on the held-out rows, binned like a numeric feature (find_bin)."""
+
+    rows: int
+    kind: Literal["bins"]
+    edges: list[float]
+    shares: list[float]
+
+
+class MonitoringCard(TypedDict):
+    """What a server compares requests with: training inputs and held-out predictions, measured at export."""
+
+    rows: int
+    """Training rows the feature references were computed on."""
+    features: dict[str, FeatureReference]
+    """Keyed by ONNX input name (the card's features[i]["name"]), one per input."""
+    prediction: ClassesReference | BinsReference
+
+
 class ModelCard(TypedDict):
     """model.json. Nested reports (metrics, search, parity, versions) are documented, not typed here."""
 
@@ -148,6 +233,8 @@ class ModelCard(TypedDict):
     """File name -> sha256 hex of every file of the version except model.json."""
     background: BackgroundCard | None
     importance: ImportanceCard | None
+    monitoring: MonitoringCard | None
+    """Null on cards written before it (format 1, and format 2 from older exporters)."""
 
 
 class CardError(ValueError):
@@ -161,6 +248,7 @@ _CARD_TYPES: dict[str, tuple[type, ...]] = {
     "features": (list,), "classes": (list, type(None)), "metrics": (dict,), "search": (dict, type(None)),
     "parity": (dict,), "versions": (dict,), "files": (dict,), "golden_rows": (int,), "sha256": (str,),
     "digests": (dict,), "background": (dict, type(None)), "importance": (dict, type(None)),
+    "monitoring": (dict, type(None)),
 }  # fmt: skip
 assert set(_CARD_TYPES) == set(get_type_hints(ModelCard)), "every ModelCard field needs its runtime types"
 
@@ -181,6 +269,8 @@ def read_card(content: bytes) -> ModelCard:
         document = {"background": None, "importance": None, **document}
         if "sha256" in document:
             document.setdefault("digests", {MODEL_FILE: document["sha256"]})
+    # Added within format 2 (optional, so CARD_FORMAT did not change): older cards of either format lack it.
+    document = {"monitoring": None, **document}
     missing = sorted(set(_CARD_TYPES) - set(document))
     if missing:
         raise CardError(f"missing field(s) {missing}")

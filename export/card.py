@@ -30,6 +30,7 @@ from contract import (
     BackgroundCard,
     ImportanceCard,
     ModelCard,
+    MonitoringCard,
     Task,
     TensorCard,
 )
@@ -77,6 +78,7 @@ def build_card(
     golden_rows: int,
     background: BackgroundCard | None = None,
     importance: ImportanceCard | None = None,
+    monitoring: MonitoringCard | None = None,
 ) -> ModelCard:
     """Everything a client or another runtime needs to know about one published version.
 
@@ -109,6 +111,7 @@ def build_card(
         digests={},
         background=background,
         importance=importance,
+        monitoring=monitoring,
     )
 
 

@@ -17,6 +17,7 @@ from export.background import DEFAULT_BACKGROUND_ROWS, DEFAULT_BACKGROUND_SEED, 
 from export.convert import convert_pipeline
 from export.features import describe_features
 from export.importance import MAX_IMPORTANCE_ROWS, measure_importance
+from export.monitoring import measure_reference
 from export.parity import (
     ParityError,
     ParityReport,
@@ -69,7 +70,8 @@ def export_pipeline(
     `training_frame` (prepared: float32 numbers, '' for missing strings) gives the features' ranges and
     categories, and the explainer's background rows (`background_rows` of them, 0 for none; stratified by
     `training_labels` for a classifier); `check_frame` holds the held-out rows, and with `check_labels`
-    the permutation importance. Raises ParityError or UnconvertibleStepError and writes nothing when the
+    the permutation importance; the monitoring reference describes both (training inputs, held-out
+    predictions). Raises ParityError or UnconvertibleStepError and writes nothing when the
     model is refused.
     """
     check_name(name)
@@ -99,6 +101,9 @@ def export_pipeline(
             file=BACKGROUND_FILE, rows=len(drawn.frame), seed=drawn.seed, stratified=drawn.stratified
         )
         background_feed = onnx_feed(drawn.frame, input_names)
+    progress(f"monitoring reference from {len(training_frame)} training and {len(check_frame)} held-out rows")
+    # Predictions of the fitted pipeline, which parity just tied to the ONNX graph's on these rows.
+    monitoring = measure_reference(training_frame, features, pipeline.predict(check_frame), task, classes)
     importance = None
     if check_labels is not None:
         progress(f"permutation importance on {min(len(check_frame), MAX_IMPORTANCE_ROWS)} held-out rows")
@@ -122,6 +127,7 @@ def export_pipeline(
             golden_rows=len(golden_index),
             background=background,
             importance=importance,
+            monitoring=monitoring,
         )
         cards.add_metadata(model, card)
         model_bytes = model.SerializeToString()

@@ -125,10 +125,18 @@ def test_a_tampered_file_is_refused_at_load_naming_it(model_dir: Path, tmp_path:
         Model("penguins", 1, folder, SessionOptions())
 
 
+def test_a_format_2_card_written_before_monitoring_reads_with_monitoring_null(model_dir: Path) -> None:
+    document = json.loads((model_dir / "penguins" / "1" / CARD_FILE).read_bytes())
+    assert document["monitoring"]["features"]  # exporters write it now
+    del document["monitoring"]
+    assert document["format"] == CARD_FORMAT  # the field is optional: no format change
+    assert read_card(json.dumps(document).encode())["monitoring"] is None
+
+
 def test_a_format_1_card_still_loads_without_background_or_digests(model_dir: Path, tmp_path: Path) -> None:
     folder = copy_version(model_dir, tmp_path, "penguins")
     document = json.loads((folder / CARD_FILE).read_bytes())
-    for key in ("digests", "background", "importance"):
+    for key in ("digests", "background", "importance", "monitoring"):
         del document[key]
     document["format"] = "tabserve.model/1"
     document["files"].pop("background")
@@ -137,5 +145,5 @@ def test_a_format_1_card_still_loads_without_background_or_digests(model_dir: Pa
     model = Model("penguins", 1, folder, SessionOptions())
     assert model.background is None
     assert model.card["digests"] == {MODEL_FILE: document["sha256"]}
-    assert (model.card["background"], model.card["importance"]) == (None, None)
+    assert (model.card["background"], model.card["importance"], model.card["monitoring"]) == (None, None, None)
     assert model.golden is not None  # golden.json, listed in no digest, is still checked
