@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,7 @@ def target(host: str | None, serve: Path | None, grpc: str | None) -> Iterator[t
 )
 @click.option("--grpc", default=None, help="gRPC address for the grpc scenario with --host [default: host:8001].")
 @click.option("--model", default="penguins", show_default=True, help="Model for single-model scenarios.")
+@click.option("--drift-feature", default="", help="drift: the input to shift [default: the first numeric one].")
 @click.option("--users", type=click.IntRange(1, 1000), default=8, show_default=True, help="Closed-loop users.")
 @click.option("--run-time", "run_time_s", type=click.IntRange(1, 3600), default=20, show_default=True, help="Seconds.")
 @click.option("--rate", type=click.FloatRange(min=1), default=200.0, show_default=True, help="open-loop: requests/s.")
@@ -73,13 +75,15 @@ def target(host: str | None, serve: Path | None, grpc: str | None) -> Iterator[t
     show_default=True,
 )
 def run(scenario: str, budgets: Path, host: str | None, serve_dir: Path | None, grpc: str | None, model: str,
-        users: int, run_time_s: int, rate: float, step_s: float, out_dir: Path) -> None:  # fmt: skip
+        drift_feature: str, users: int, run_time_s: int, rate: float, step_s: float,
+        out_dir: Path) -> None:  # fmt: skip
     """Run one scenario headless; exit 1 naming every breached budget."""
     if (host is None) == (serve_dir is None):
         raise click.UsageError("give exactly one of --host URL or --serve MODEL_DIR")
     with target(host, serve_dir, grpc) as (url, grpc_address):
         options = RunOptions(scenario, url, out_dir, users=users, spawn_rate=float(users), run_time_s=run_time_s,
-                             rate=rate, step_s=step_s, model=model, grpc=grpc_address)  # fmt: skip
+                             rate=rate, step_s=step_s, model=model, grpc=grpc_address, drift_feature=drift_feature,
+                             api_key=os.environ.get("TABSERVE_API_KEY", ""))  # fmt: skip
         report = run_scenario(options, budgets)
     click.echo(report.files["summary"].read_text())
     for name, path in report.files.items():

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-KNOWN_KEYS = {"p50_ms", "p95_ms", "p99_ms", "max_error_rate", "min_rps"}
+KNOWN_KEYS = {"p50_ms", "p95_ms", "p99_ms", "max_error_rate", "min_rps", "drift_alert"}
+"""drift_alert = 1: the drift scenario also needs the server's monitoring to report `alert` on the shifted feature."""
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,14 @@ class ScenarioUser(Scenarios, FastHttpUser):
         model = random.choice(list(CATALOG.values()))
         self.send(model.v2_json(self.one_row(model)), f"mixed {model.name}")
 
+    @tag("drift")
+    @task
+    def drift(self) -> None:
+        model = chosen_model()
+        feature = os.environ.get("TABSERVE_DRIFT_FEATURE") or model.first_number()
+        factor = float(os.environ.get("TABSERVE_DRIFT_FACTOR", "1000"))
+        self.send(model.shifted(feature, factor, self.one_row(model)), f"drift {model.name}")
+
     @tag("bad")
     @task
     def with_bad_requests(self) -> None:

@@ -111,6 +111,20 @@ class ModelPayloads:
             f"/v1/models/{self.name}:predict", body, {"Content-Type": "application/json"}, 200, self.expected(rows)
         )
 
+    def shifted(self, feature: str, factor: float, rows: list[int]) -> Payload:
+        """Records with `feature` multiplied by `factor` (a unit change: grams sent as milligrams), so the
+        server's drift monitoring has something to find; only the status is checked, not the answer."""
+        payload = self.records(rows)
+        document = json.loads(payload.body)
+        for instance in document["instances"]:
+            if instance.get(feature) is not None:
+                instance[feature] *= factor
+        return Payload(payload.path, json.dumps(document).encode(), payload.headers, 200, None)
+
+    def first_number(self) -> str:
+        """The model's first numeric input: the drift scenario's default feature to shift."""
+        return str(next(spec["name"] for spec in self.inputs if spec["datatype"] in ("FP32", "FP64")))
+
     def bad(self) -> list[Payload]:
         """Client mistakes and the status each must get: a correct 4xx counts as success."""
         good = json.loads(self.v2_json([0]).body)

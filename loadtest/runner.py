@@ -26,6 +26,8 @@ class Scenario:
     shape: str = ""
     grpc: bool = False
     """Loads the gRPC front end (TABSERVE_GRPC) instead of REST."""
+    drift: bool = False
+    """Sends a shifted feature; the budget's `drift_alert` asks the server's monitoring to have noticed."""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -40,6 +42,7 @@ SCENARIOS: dict[str, Scenario] = {
     "step": Scenario("ScenarioUser", ("v2-json",), shape="step"),
     "spike": Scenario("ScenarioUser", ("v2-json",), shape="spike"),
     "grpc": Scenario("GrpcUser", ("grpc",), grpc=True),
+    "drift": Scenario("ScenarioUser", ("drift",), drift=True),
 }
 
 
@@ -56,6 +59,10 @@ class RunOptions:
     model: str = "penguins"
     grpc: str = ""
     """host:port of the gRPC front end, for gRPC scenarios."""
+    drift_feature: str = ""
+    """The input the drift scenario shifts (default: the model's first numeric one)."""
+    api_key: str = ""
+    """Sent to read the server's /quality after a drift run, when the server wants keys."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ def run_scenario(options: RunOptions, budgets_path: Path) -> RunReport:
         TABSERVE_SHAPE=scenario.shape,
         TABSERVE_STEP_S=str(options.step_s),
         TABSERVE_GRPC=options.grpc,
+        TABSERVE_DRIFT_FEATURE=options.drift_feature,
     )
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=run_time_s + 60)
     try:
@@ -107,10 +115,33 @@ def run_scenario(options: RunOptions, budgets_path: Path) -> RunReport:
         raise RuntimeError(f"locust failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}") from None
     result = summarise(totals, files["timings"])
     found = breaches(budget, result)
+    if scenario.drift and budget.limits.get("drift_alert"):
+        found += drift_breaches(options)
     knee = find_knee(files["history"], budget) if scenario.shape == "step" else None
     write_chart(files["history"], files["chart"], options.scenario)
     files["summary"].write_text(summary_markdown(options, budget, result, found, knee))
     return RunReport(result, found, knee, files)
+
+
+def drift_breaches(options: RunOptions) -> list[str]:
+    """The drift budget: the server's own monitoring must say `alert` on the shifted feature by the end."""
+    import httpx
+
+    headers = {"X-API-Key": options.api_key} if options.api_key else {}
+    base = options.host.rstrip("/")
+    feature = options.drift_feature
+    if not feature:
+        inputs = httpx.get(f"{base}/v2/models/{options.model}", headers=headers, timeout=10).json()["inputs"]
+        feature = next(spec["name"] for spec in inputs if spec["datatype"] in ("FP32", "FP64"))
+    response = httpx.get(f"{base}/v2/models/{options.model}/quality", headers=headers, timeout=10)
+    if response.status_code != 200:
+        return [f"drift: GET /v2/models/{options.model}/quality answered {response.status_code}: {response.text[:200]}"]
+    found = next((item for item in response.json()["features"] if item["name"] == feature), None)
+    if found is None:
+        return [f"drift: the quality report has no feature {feature!r}"]
+    if found["status"] != "alert":
+        return [f"drift: {feature} is {found['status']!r} (PSI {found['psi']}), expected 'alert' after the shift"]
+    return []
 
 
 def summarise(totals: list[dict[str, Any]], timings_path: Path) -> Result:

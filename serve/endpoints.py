@@ -112,8 +112,10 @@ async def model_quality(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus exposition of every tabserve metric."""
     registry: Metrics = request.state.metrics
-    for entry in _repository(request).entries():
+    repository = _repository(request)
+    for entry in repository.entries():
         entry.metrics.queue_depth.set(entry.batcher.depth)
+    repository.monitors()  # count what is pending, so that a scrape sees every row answered before it
     return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -137,7 +137,7 @@ class Tally:
             if self.kind == "categorical":
                 text = value if isinstance(value, str) else str(value)
                 flags.append("missing" if text == "" else None if text in self._lookup else "unseen")
-            elif value != value:  # NaN
+            elif value is None or value != value:  # JSON null, or NaN
                 flags.append("missing")
             elif self.minimum is not None and self.maximum is not None and not self.minimum <= value <= self.maximum:
                 flags.append("out_of_range")
@@ -157,7 +157,7 @@ class QualityMonitor:
     """Every input of one model version, and its prediction; `record` is the hot path, the rest is reads."""
 
     def __init__(self, card: ModelCard, inputs: Sequence[str], window_rows: int) -> None:
-        reference: dict[str, Any] = dict(card.get("monitoring") or {})  # type: ignore[call-overload]
+        reference: dict[str, Any] = dict(card.get("monitoring") or {})
         described = {feature["name"]: feature for feature in card["features"]}
         features = reference.get("features", {})
         self.inputs = [_input_tally(name, described.get(name), features.get(name), window_rows) for name in inputs]
@@ -185,11 +185,11 @@ class QualityMonitor:
             if not pending:
                 return
             for tally in self.inputs:
-                tally.count(_joined([inputs[tally.name] for inputs, _ in pending]))
+                tally.count(_joined([inputs[tally.name] for inputs, _ in pending], tally.kind))
             if self.prediction is not None:
                 predictions = [prediction for _, prediction in pending if prediction is not None]
                 if predictions:
-                    self.prediction.count(_joined(predictions))
+                    self.prediction.count(_joined(predictions, self.prediction.kind))
             if self.on_flush is not None:
                 self.on_flush()
 
@@ -203,10 +203,11 @@ class QualityMonitor:
         return found
 
 
-def _joined(columns: list[Any]) -> npt.NDArray[Any]:
-    arrays = [np.asarray(column).reshape(-1) for column in columns]
-    if any(array.dtype == object for array in arrays):
-        arrays = [array.astype(object) for array in arrays]
+def _joined(columns: list[Any], kind: str) -> npt.NDArray[Any]:
+    """One flat array of a column's pending parts: arrays, or lists as plain JSON columns arrive (None:
+    missing), as float64 for numbers (None becomes NaN) and objects for categories."""
+    dtype = np.float64 if kind == "numeric" else object
+    arrays = [np.asarray(column, dtype=dtype).reshape(-1) for column in columns]
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 

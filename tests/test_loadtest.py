@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import running_server
+
 pytestmark = pytest.mark.slow
 
 
-def run_loadtest(*args: str) -> subprocess.CompletedProcess[str]:
+def run_loadtest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "loadtest", "run", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
 
 
 def test_smoke_scenario_meets_ci_budgets_and_writes_every_report(model_dir: Path, tmp_path: Path) -> None:
@@ -66,3 +69,18 @@ def test_grpc_scenario_checks_every_answer_and_meets_its_budget(model_dir: Path,
     assert "All budgets met." in completed.stdout and "| error rate | 0.000% |" in completed.stdout
     timings = (tmp_path / "grpc_timings.json").read_text()
     assert '"grpc penguins"' in timings, "the requests went through the gRPC user"
+
+
+def test_drift_scenario_passes_only_once_the_servers_monitoring_raises_the_alert(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """A feature sent 1000x too large: the run passes its budget, which includes the alert on that feature."""
+    completed = run_loadtest("--scenario", "drift", "--serve", str(model_dir), "--run-time", "5", "--users", "2",
+                             "--out", str(tmp_path))  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    # Against a server that does not monitor, the same run fails its budget: the check really looks.
+    with running_server(model_dir, {"SERVE_QUALITY_MONITORING": "false"}) as url:
+        blind = run_loadtest("--scenario", "drift", "--host", url, "--run-time", "2", "--users", "1",
+                             "--out", str(tmp_path / "blind"))  # fmt: skip
+    assert blind.returncode == 1, blind.stdout[-2000:] + blind.stderr[-2000:]
+    assert "budget breached: drift: GET /v2/models/penguins/quality answered 404" in blind.stderr, blind.stderr

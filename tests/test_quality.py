@@ -1,0 +1,235 @@
+"""Input quality and drift: exact counts through every way in, PSI by hand, workers, cards without a reference."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from contract import find_bin
+from tests.conftest import read_card, running_server
+
+PENGUIN_FLOATS = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+
+
+@pytest.fixture(scope="module")
+def repository(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("quality-models")
+    for name in ("age-weight", "penguins"):
+        shutil.copytree(model_dir / name, out / name)
+    return out
+
+
+def known_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """Penguin rows whose every quality flag is known: in range, below and above the range, missing, unseen."""
+    features = {feature["name"]: feature for feature in card["features"]}
+    low, high = features["bill_length_mm"]["minimum"], features["bill_length_mm"]["maximum"]
+    middle = {name: (features[name]["minimum"] + features[name]["maximum"]) / 2 for name in PENGUIN_FLOATS}
+    return [
+        {**middle, "island": "Dream", "sex": "female"},
+        {**middle, "bill_length_mm": low - 1, "island": "Biscoe", "sex": "male"},
+        {**middle, "bill_length_mm": high + 1, "island": "Torgersen", "sex": "male"},
+        {**middle, "bill_length_mm": None, "island": "Atlantis", "sex": ""},
+        {**middle, "bill_depth_mm": None, "island": "", "sex": "unknown"},
+    ]
+
+
+def expected_counts(card: dict[str, Any], rows: list[dict[str, Any]]) -> dict[tuple[str, ...], int]:
+    """Every counter the rows should move, worked out from the card alone."""
+    features = {feature["name"]: feature for feature in card["features"]}
+    reference = card["monitoring"]["features"]
+    counts: Counter[tuple[str, ...]] = Counter()
+    for row in rows:
+        for name, feature in features.items():
+            value = row.get(name)
+            counts[("values", name)] += 1
+            if feature["kind"] == "categorical":
+                if value in (None, ""):
+                    counts[("missing", name)] += 1
+                elif value not in feature["categories"]:
+                    counts[("unseen", name)] += 1
+                    counts[("bin", name, "(unseen)")] += 1
+                else:
+                    counts[("bin", name, value)] += 1
+            elif value is None:
+                counts[("missing", name)] += 1
+            else:
+                stored = float(np.float32(value))
+                counts[("low", name)] += stored < feature["minimum"]
+                counts[("high", name)] += stored > feature["maximum"]
+                counts[("bin", name, str(find_bin(reference[name]["edges"], stored)))] += 1
+    return {key: count for key, count in counts.items() if count}
+
+
+def metric_counts(base: str, model: str) -> dict[tuple[str, ...], int]:
+    names = {"tabserve_feature_values_total": "values", "tabserve_feature_missing_total": "missing",
+             "tabserve_feature_unseen_category_total": "unseen", "tabserve_feature_bin_total": "bin"}  # fmt: skip
+    counts: dict[tuple[str, ...], int] = {}
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if not line.startswith("tabserve_feature_") or f'model="{model}"' not in line:
+            continue
+        name, rest = line.split("{", 1)
+        labels = dict(part.split("=", 1) for part in rest.rsplit("}", 1)[0].replace('"', "").split(","))
+        value = int(float(line.rsplit(" ", 1)[1]))
+        if name == "tabserve_feature_out_of_range_total" and value:
+            counts[(labels["side"], labels["feature"])] = value
+        elif name in names and value:
+            key = (names[name], labels["feature"], *([labels["bin"]] if name == "tabserve_feature_bin_total" else []))
+            counts[key] = value
+    return counts
+
+
+def v2_json(rows: list[dict[str, Any]], card: dict[str, Any]) -> dict[str, Any]:
+    inputs = []
+    for feature in card["features"]:
+        name, datatype = feature["name"], feature["datatype"]
+        inputs.append({"name": name, "datatype": datatype, "shape": [len(rows), 1],
+                       "data": [row.get(name, "" if datatype == "BYTES" else None) for row in rows]})  # fmt: skip
+    return {"inputs": inputs}
+
+
+def v2_binary(client: triton.InferenceServerClient, rows: list[dict[str, Any]], card: dict[str, Any]) -> None:
+    inputs = []
+    for feature in card["features"]:
+        name, datatype = feature["name"], feature["datatype"]
+        if datatype == "BYTES":
+            array = np.array([[row.get(name) or ""] for row in rows], dtype=object)
+        else:
+            array = np.array([[math.nan if row.get(name) is None else row[name]] for row in rows], dtype=np.float32)
+        item = triton.InferInput(name, list(array.shape), datatype)
+        item.set_data_from_numpy(array, binary_data=True)
+        inputs.append(item)
+    client.infer("penguins", inputs)
+
+
+def test_every_row_counts_exactly_through_json_binary_records_and_the_cache_from_many_clients(
+    repository: Path,
+) -> None:
+    card = read_card(repository, "penguins")
+    rows = known_rows(card)
+    senders: list[Callable[[str], object]] = [
+        lambda base: httpx.post(f"{base}/v1/models/penguins:predict", json={"instances": rows}).raise_for_status(),
+        lambda base: httpx.post(f"{base}/v2/models/penguins/infer", json=v2_json(rows, card)).raise_for_status(),
+        lambda base: v2_binary(triton.InferenceServerClient(base.removeprefix("http://")), rows, card),
+        # One row per request, so that concurrent requests share batches.
+        lambda base: [httpx.post(f"{base}/v1/models/penguins:predict", json=row).raise_for_status() for row in rows],
+    ]
+    repeats = 6
+    with running_server(repository, {"SERVE_CACHE_MAX_ENTRIES": "64"}) as base:
+        threads = [threading.Thread(target=lambda send=send: [send(base) for _ in range(repeats)])
+                   for send in senders for _ in range(3)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        sent = len(senders) * 3 * repeats
+        want = {key: count * sent for key, count in expected_counts(card, rows).items()}
+        assert metric_counts(base, "penguins") == want
+        quality = httpx.get(f"{base}/v2/models/penguins/quality").json()
+        hits = httpx.get(f"{base}/metrics").text
+    assert 'tabserve_cache_lookups_total{result="hit"}' in hits, "repeats were answered from the cache and counted"
+    by_name = {feature["name"]: feature for feature in quality["features"]}
+    for name, feature in by_name.items():
+        assert feature["values"] == want[("values", name)]
+        assert feature["missing"] == want.get(("missing", name), 0)
+        assert feature["counts"] == [want.get(("bin", name, label), 0) for label in feature["bins"]]
+        assert sum(feature["window"]) == min(sum(feature["counts"]), quality["window_rows"])
+    assert by_name["island"]["unseen_category"] == want[("unseen", "island")]
+    assert by_name["bill_length_mm"]["out_of_range"] == {"low": want[("low", "bill_length_mm")],
+                                                          "high": want[("high", "bill_length_mm")]}  # fmt: skip
+    assert sum(quality["prediction"]["counts"]) == len(rows) * sent
+
+
+def test_psi_matches_a_hand_computation_and_a_shifted_feature_alerts(repository: Path) -> None:
+    card = read_card(repository, "penguins")
+    reference = card["monitoring"]["features"]["bill_length_mm"]
+    edges, expected = reference["edges"], np.array(reference["shares"])
+    generator = np.random.default_rng(5)
+    shifted = (generator.normal(58.0, 1.0, size=400)).astype(np.float32)  # near the top of the training range
+    rows = [{"bill_length_mm": float(value), "island": "Dream"} for value in shifted]
+    with running_server(repository, {"SERVE_QUALITY_WINDOW_ROWS": "300"}) as base:
+        for start in range(0, len(rows), 50):
+            httpx.post(
+                f"{base}/v1/models/penguins:predict", json={"instances": rows[start : start + 50]}
+            ).raise_for_status()
+        quality = httpx.get(f"{base}/v2/models/penguins/quality").json()
+        metrics = httpx.get(f"{base}/metrics").text
+    window = shifted[-300:]  # the window keeps the most recent rows
+    actual = np.bincount([find_bin(edges, float(value)) for value in window], minlength=len(expected)) / len(window)
+    a, e = np.maximum(actual, 1e-4), np.maximum(expected, 1e-4)
+    by_hand = float(np.sum((a - e) * np.log(a / e)))
+    feature = next(item for item in quality["features"] if item["name"] == "bill_length_mm")
+    assert feature["psi"] == pytest.approx(by_hand, rel=1e-9)
+    assert feature["status"] == "alert" and by_hand >= 0.25
+    gauge = 'tabserve_feature_psi{feature="bill_length_mm",model="penguins",version="1"} '
+    (exported,) = [float(line.removeprefix(gauge)) for line in metrics.splitlines() if line.startswith(gauge)]
+    assert exported == pytest.approx(by_hand, rel=1e-9)
+    island = next(item for item in quality["features"] if item["name"] == "island")
+    assert island["status"] == "alert", "every row says Dream: the island mix moved too"
+    assert quality["prediction"]["psi"] is not None
+
+
+def test_several_workers_count_every_row_and_share_one_window(repository: Path) -> None:
+    card = read_card(repository, "penguins")
+    rows = known_rows(card)
+    with running_server(repository, {"SERVE_WORKERS": "2"}) as base:
+        with httpx.Client() as client:  # new connections spread over both workers
+            for _ in range(40):
+                client.post(f"{base}/v1/models/penguins:predict", json={"instances": rows},
+                            headers={"connection": "close"}).raise_for_status()  # fmt: skip
+        want = {key: count * 40 for key, count in expected_counts(card, rows).items()}
+        give_up = time.monotonic() + 15  # each worker counts its pending rows within a second
+        while metric_counts(base, "penguins") != want:
+            assert time.monotonic() < give_up, metric_counts(base, "penguins")
+            time.sleep(0.2)
+        quality = httpx.get(f"{base}/v2/models/penguins/quality").json()
+    island = next(item for item in quality["features"] if item["name"] == "island")
+    assert sum(island["window"]) == sum(island["counts"]) == 40 * 4, "both workers' windows, summed"
+    assert island["psi"] is not None
+
+
+def test_a_card_without_a_reference_still_counts_and_says_why_there_is_no_psi(repository: Path, tmp_path: Path) -> None:
+    shutil.copytree(repository / "age-weight", tmp_path / "age-weight")
+    card_path = tmp_path / "age-weight" / "1" / "model.json"
+    card = json.loads(card_path.read_text())
+    del card["monitoring"]
+    card_path.write_text(json.dumps(card))
+    with running_server(tmp_path) as base:
+        for age in (10, 20, 30, 1000):
+            httpx.post(f"{base}/predict", json={"age": age}).raise_for_status()
+        quality = httpx.get(f"{base}/v2/models/age-weight/quality").json()
+    (age,) = quality["features"]
+    assert age["values"] == 4 and age["out_of_range"]["high"] == 1
+    assert age["status"] == "unknown" and "no training reference" in age["reason"]
+
+
+def test_per_row_flags_are_returned_only_when_asked(repository: Path) -> None:
+    card = read_card(repository, "penguins")
+    rows = known_rows(card)
+    with running_server(repository) as base:
+        plain = httpx.post(f"{base}/v1/models/penguins:predict", json={"instances": rows}).json()
+        flagged = httpx.post(f"{base}/v1/models/penguins:predict?quality=true", json={"instances": rows}).json()
+        v2 = httpx.post(
+            f"{base}/v2/models/penguins/infer", json={**v2_json(rows, card), "parameters": {"quality": True}}
+        )
+        bad = httpx.post(f"{base}/v1/models/penguins:predict?quality=maybe", json={"instances": rows})
+        off = httpx.post(f"{base}/v2/models/penguins/infer", json=v2_json(rows, card)).json()
+    assert "quality" not in plain["predictions"][0] and "parameters" not in off
+    flags = [prediction["quality"] for prediction in flagged["predictions"]]
+    assert flags == v2.json()["parameters"]["quality"]
+    assert flags[0] == {"missing": [], "out_of_range": [], "unseen": []}
+    assert flags[1]["out_of_range"] == ["bill_length_mm"] and flags[2]["out_of_range"] == ["bill_length_mm"]
+    assert flags[3] == {"missing": ["bill_length_mm", "sex"], "out_of_range": [], "unseen": ["island"]}
+    assert flags[4] == {"missing": ["island", "bill_depth_mm"], "out_of_range": [], "unseen": ["sex"]}
+    assert bad.status_code == 400 and "quality must be true or false" in bad.json()["error"]
