@@ -233,3 +233,42 @@ def test_per_row_flags_are_returned_only_when_asked(repository: Path) -> None:
     assert flags[3] == {"missing": ["bill_length_mm", "sex"], "out_of_range": [], "unseen": ["island"]}
     assert flags[4] == {"missing": ["island", "bill_depth_mm"], "out_of_range": [], "unseen": ["sex"]}
     assert bad.status_code == 400 and "quality must be true or false" in bad.json()["error"]
+
+
+def test_the_alerting_rules_parse_and_name_only_metrics_and_labels_the_server_exports(repository: Path) -> None:
+    """promtool checks the rules and runs their unit tests (they fire on the series they are for, not on
+    healthy ones); then every expression is held to what a real server exports, names and labels."""
+    import re
+    import subprocess
+
+    import yaml
+
+    folder = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+    rules_file = folder / "tabserve-alerts.yml"
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with Debian's prometheus package (scripts/system-deps.sh installs it)"
+    for command in (["check", "rules", rules_file.name], ["test", "rules", "tabserve-alerts.test.yml"]):
+        done = subprocess.run([promtool, *command], cwd=folder, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    (group,) = yaml.safe_load(rules_file.read_text())["groups"]
+    with running_server(repository) as base:
+        httpx.post(f"{base}/predict", json={"age": 35}).raise_for_status()
+        httpx.post(f"{base}/v1/models/penguins:predict", json={"island": "Atlantis", "bill_length_mm": 99.0})
+        exposed = httpx.get(f"{base}/metrics").text
+    families = {line.split()[2]: line.split()[3] for line in exposed.splitlines() if line.startswith("# TYPE ")}
+    labelled = {name: set(re.findall(r"(\w+)=", line)) for line in exposed.splitlines()
+                if not line.startswith("#") and (name := line.split("{")[0]) and "{" in line}  # fmt: skip
+    alerts = [rule["alert"] for rule in group["rules"]]
+    assert {"TabserveUnseenCategories", "TabserveFeatureDrift", "TabservePredictionDrift"} <= set(alerts)
+    for rule in group["rules"]:
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["for"]
+        assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
+        assert rule["expr"].count("(") == rule["expr"].count(")"), rule["expr"]
+        for metric in re.findall(r"\btabserve_\w+", rule["expr"]):
+            assert metric in families or metric.removesuffix("_total") in families, f"{rule['alert']}: no {metric}"
+            if metric in labelled:
+                grouped = {label.strip() for clause in re.findall(r"by \(([^)]*)\)", rule["expr"])
+                           for label in clause.split(",")}  # fmt: skip
+                assert grouped <= labelled[metric], (rule["alert"], grouped, labelled[metric])
+    psi = re.search(r"tabserve_feature_psi\) > ([\d.]+)", group["rules"][alerts.index("TabserveFeatureDrift")]["expr"])
+    assert psi and float(psi.group(1)) == 0.25, "the alert fires where /quality says alert"
