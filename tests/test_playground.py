@@ -110,6 +110,30 @@ def test_each_prediction_shows_its_signed_contributions_and_the_card_its_global_
     page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
 
 
+def test_the_quality_panel_shows_each_features_status_and_recent_values_against_training(
+    page: Any, model_dir: Path
+) -> None:
+    with running_server(model_dir, {"SERVE_QUALITY_WINDOW_ROWS": "200"}) as url:
+        shifted = [{**PENGUIN, "bill_length_mm": 58.5 + (i % 5) * 0.1} for i in range(300)]
+        httpx.post(f"{url}/v1/models/penguins:predict", json={"instances": shifted}).raise_for_status()
+        page.goto(url + "/")
+        page.locator("#models button[data-model='penguins']").click()
+        row = page.locator("#quality tr[data-feature='bill_length_mm']")
+        row.locator(".status.alert").wait_for()
+        report = httpx.get(f"{url}/v2/models/penguins/quality").json()
+        for feature in report["features"]:
+            shown = page.locator(f"#quality tr[data-feature='{feature['name']}'] td")
+            assert shown.nth(1).inner_text() == feature["status"], feature["name"]
+            if feature["psi"] is not None:
+                assert float(shown.nth(2).inner_text()) == pytest.approx(feature["psi"], rel=0.01)
+            assert shown.nth(4).inner_text() == f"{feature['missing']} of {feature['values']}"
+        # The histogram is drawn: the recent window (all in the top bins) as filled bars.
+        drawn = row.locator("canvas").evaluate(
+            "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data).some(v => v > 0)"
+        )
+        assert drawn
+
+
 def test_the_page_shows_a_server_error_as_the_server_worded_it(page: Any, server_url: str) -> None:
     page.goto(server_url + "/")
     page.locator("#models button[data-model='age-weight']").click()

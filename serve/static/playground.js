@@ -59,6 +59,7 @@ async function selectModel(name, version, button) {
   renderCard(p);
   renderImportance(p.importance);
   renderFields(metadata.inputs, p.features || []);
+  await refreshQuality();
   show($("prediction"), false);
   show($("error"), false);
   show($("model-panel"), true);
@@ -138,6 +139,55 @@ async function explain(record, prediction) {
     $("why-error").textContent = `explanation: ${error.message}`;
     show($("why-error"), true);
   }
+}
+
+// A small histogram: the recent window's share per bin as filled bars, training's as outlines.
+function histogram(recent, reference) {
+  const canvas = document.createElement("canvas");
+  canvas.width = 120; canvas.height = 28;
+  const ctx = canvas.getContext("2d");
+  const total = recent.reduce((a, b) => a + b, 0);
+  const shares = recent.map((count) => (total ? count / total : 0));
+  const top = Math.max(1e-9, ...shares, ...(reference || []));
+  const width = canvas.width / Math.max(1, shares.length);
+  shares.forEach((share, i) => {
+    const h = (share / top) * (canvas.height - 2);
+    ctx.fillStyle = "#2f6fde"; ctx.fillRect(i * width + 1, canvas.height - h, width - 2, h);
+    if (reference) {
+      const r = (reference[i] / top) * (canvas.height - 2);
+      ctx.strokeStyle = "#5b6574"; ctx.strokeRect(i * width + 1.5, canvas.height - r + 0.5, width - 3, r);
+    }
+  });
+  return canvas;
+}
+
+async function refreshQuality() {
+  if (!current) return;
+  let report;
+  try {
+    report = await api(`/v2/models/${encodeURIComponent(current.name)}/versions/${current.version}/quality`);
+  } catch (error) {
+    show($("quality-panel"), false);  // monitoring off, or no key yet
+    return;
+  }
+  const body = $("quality").tBodies[0];
+  body.replaceChildren();
+  for (const feature of report.features) {
+    const row = body.insertRow();
+    row.dataset.feature = feature.name;
+    row.insertCell().textContent = feature.name;
+    const status = row.insertCell();
+    status.textContent = feature.status;
+    status.className = `status ${feature.status}`;
+    if (feature.reason) status.title = feature.reason;
+    row.insertCell().textContent = feature.psi === null ? "-" : fmt(feature.psi, 3);
+    row.insertCell().append(histogram(feature.window, feature.reference));
+    row.insertCell().textContent = `${feature.missing} of ${feature.values}`;
+    const odd = feature.kind === "categorical" ? `${feature.unseen_category} unseen`
+      : `${feature.out_of_range.low} low, ${feature.out_of_range.high} high`;
+    row.insertCell().textContent = odd;
+  }
+  show($("quality-panel"), true);
 }
 
 function renderFields(inputs, features) {
@@ -315,6 +365,7 @@ async function poll() {
     draw("chart-rows", [{ data: series.rows, color: "#2e9e6b" }]);
   }
   last = snapshot;
+  await refreshQuality();
 }
 
 function init() {
