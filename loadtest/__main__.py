@@ -148,5 +148,23 @@ def explain_bench(model_dir: Path, reps: int, duration_s: int, out: Path) -> Non
     click.echo(f"written: {out}")
 
 
+@cli.command("quality-bench")
+@click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+)
+@click.option("--example", default="penguins", show_default=True)
+@click.option("--connections", type=click.IntRange(1, 1024), default=64, show_default=True)
+@click.option("--reps", type=click.IntRange(2, 20), default=5, show_default=True)
+@click.option("--duration", "duration_s", type=click.IntRange(1, 120), default=5, show_default=True)
+def quality_bench(model_dir: Path, example: str, connections: int, reps: int, duration_s: int) -> None:
+    """Input monitoring on against off, side by side, with an A/A twin: what counting costs."""
+    from loadtest.quality_bench import run, summary
+
+    click.echo(summary(run(model_dir, example, connections, reps, duration_s)))
+
+
 if __name__ == "__main__":
     cli(prog_name="python -m loadtest")

@@ -73,7 +73,7 @@ class QualityExport:
         return [*self.monitor.inputs, *([self.monitor.prediction] if self.monitor.prediction else [])]
 
     def publish(self) -> None:
-        """Called by the monitor after each flush, under its lock."""
+        """Called by the monitor's `publish`, under its lock: the counts since the last call, and the windows."""
         metrics = self.metrics
         for tally in self.monitor.inputs:
             labels = (*self.labels, tally.name)

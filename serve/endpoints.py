@@ -101,7 +101,7 @@ async def model_quality(request: Request) -> Response:
     entry = _entry(request)
     if entry.quality is None:
         raise ModelNotFoundError("input monitoring is off on this server (SERVE_QUALITY_MONITORING=false)")
-    entry.quality.flush()
+    entry.quality.publish()
     registry: Metrics = request.state.metrics
     settings: Settings = request.state.settings
     document = drift.report(entry.quality, entry.model.name, entry.model.version, registry.families(),

@@ -6,13 +6,17 @@ the same way. A rolling window of the most recent rows gives each a population s
 against the training shares.
 
 Counting costs the hot path one list append per batch: batches wait in `pending` and are counted
-together, vectorised, once FLUSH_ROWS rows have gathered, when someone reads the figures, and at least
-every second (serve/app.py), since a numpy call costs about a microsecond whatever its size and a
-one-row batch has a column per input. No HTTP here; serve/metrics.py exports the figures.
+together, vectorised, once FLUSH_ROWS rows or FLUSH_BATCHES batches have gathered, when someone reads
+the figures, and at least every second (serve/app.py), since a numpy call costs about a microsecond
+whatever its size and a one-row batch has a column per input. What it still costs, measured side by
+side (python -m loadtest quality-bench): about 5 % of one-row requests and 8 % of 100-row ones on the
+penguins example, most of it looking up each category string (docs/benchmarks.md). No HTTP here;
+serve/drift.py exports the figures.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +29,9 @@ import numpy.typing as npt
 from contract import ModelCard
 
 FLUSH_ROWS = 4096
+FLUSH_BATCHES = 64
+"""Pending batches are counted once either is reached: many rows amortise a count's fixed cost (~100 us for
+a model's columns); the batch bound keeps what a stream of one-row batches holds small."""
 MIN_PSI_ROWS = 100
 """A window with fewer rows has no PSI: a handful of rows differ from any reference by chance."""
 PSI_FLOOR = 1e-4
@@ -69,13 +76,37 @@ class Tally:
     unseen: int = 0
     bins: npt.NDArray[np.int64] = field(init=False)
     ring: npt.NDArray[np.int32] = field(init=False)
-    """The last `window_rows` rows' bins (-1: missing, not binned), oldest overwritten first."""
+    """The last `window_rows` rows' slots (below), oldest overwritten first."""
     position: int = 0
 
     def __post_init__(self) -> None:
+        # Every value gets one slot, and every count is one bincount over slots (each extra pass over a
+        # batch, a comparison or a mask, cost about as much as the bincount itself: profiled).
+        #   categorical: the categories, then unseen, then missing.
+        #   numeric:     searchsorted's position in `cuts`, then missing. With a training range the cuts are
+        #                [minimum, *edges, just above maximum]: position 0 is below the range, the last
+        #                above it, and they fold into the first and last training bin for the histogram.
         self.bins = np.zeros(len(self.labels), dtype=np.int64)
-        self.ring = np.full(self.window_rows, -1, dtype=np.int32)
+        self._ranged = self.kind == "numeric" and self.minimum is not None and self.maximum is not None
+        if self.kind == "categorical":
+            slots = len(self.categories) + 1
+        else:
+            inner = [] if self.edges is None else list(self.edges)
+            if self._ranged:
+                assert self.minimum is not None and self.maximum is not None
+                cuts64 = [self.minimum, *inner, float(np.nextafter(self.maximum, np.inf))]
+                cuts32 = [self.minimum, *inner, float(np.nextafter(np.float32(self.maximum), np.float32(np.inf)))]
+            else:
+                cuts64 = cuts32 = inner
+            # Edges and the range are float32 values (export), so float32 rows need no conversion to compare.
+            self._cuts = {np.dtype(np.float64): np.array(cuts64), np.dtype(np.float32): np.array(cuts32, np.float32)}
+            slots = len(cuts64) + 1
+        self._missing = slots
+        self.ring = np.full(self.window_rows, self._missing, dtype=np.int32)
+        self._window = np.zeros(slots + 1, dtype=np.int64)
+        self._window[self._missing] = self.window_rows
         self._lookup = {category: index for index, category in enumerate(self.categories)}
+        self._lookup[""] = self._missing
 
     @property
     def labels(self) -> list[str]:
@@ -89,46 +120,58 @@ class Tally:
         self.values += len(values)
         if self.kind == "categorical":
             strings = values.astype(str) if values.dtype != object else values
-            index = np.fromiter((self._lookup.get(value, -2) for value in strings), np.int32, len(strings))
-            missing = strings == ""
-            index[missing] = -1
-            unseen = index == -2
-            self.unseen += int(unseen.sum())
-            index[unseen] = len(self.categories)
+            # map() over dict.get runs in C: a generator expression here cost 0.24 us a value (profiled).
+            unseen = len(self.categories)
+            slot = np.fromiter(map(self._lookup.get, strings, itertools.repeat(unseen)), np.int32, len(strings))
         else:
-            numbers = values.astype(np.float64)
-            missing = np.isnan(numbers)
-            if self.minimum is not None and self.maximum is not None:
-                self.low += int((numbers < self.minimum).sum())
-                self.high += int((numbers > self.maximum).sum())
-            if self.edges is None:
-                index = np.full(len(numbers), -1, dtype=np.int32)
-            else:
-                index = np.searchsorted(self.edges, numbers, side="right").astype(np.int32)
-                index[missing] = -1
-        self.missing += int(missing.sum())
-        if len(self.bins):
-            self.bins += np.bincount(index[index >= 0], minlength=len(self.bins))
-        self._remember(index)
+            numbers = values if values.dtype in self._cuts else values.astype(np.float64)
+            slot = np.searchsorted(self._cuts[numbers.dtype], numbers, side="right").astype(np.int32)
+            slot[np.isnan(numbers)] = self._missing
+        counted = np.bincount(slot, minlength=self._missing + 1)
+        self.missing += int(counted[self._missing])
+        if self.kind == "categorical":
+            self.unseen += int(counted[len(self.categories)])
+        elif self._ranged:
+            self.low += int(counted[0])
+            self.high += int(counted[self._missing - 1])
+        self.bins += self._fold(counted)
+        self._remember(slot, counted)
 
-    def _remember(self, index: npt.NDArray[np.int32]) -> None:
-        if len(index) >= self.window_rows:
-            self.ring[:] = index[-self.window_rows :]
+    def _fold(self, counted: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Slot counts as counts per training bin (or category and unseen)."""
+        if not len(self.bins):
+            return self.bins[:0]
+        if self.kind == "categorical" or not self._ranged:
+            return counted[: len(self.bins)]
+        inner = counted[1 : self._missing - 1].copy()  # positions 1..k+1 are training bins 0..k
+        inner[0] += counted[0]  # below the range: bin 0 by the binning rule
+        inner[-1] += counted[self._missing - 1]  # above it: the last bin
+        return inner
+
+    def _remember(self, slot: npt.NDArray[np.int32], counted: npt.NDArray[np.int64]) -> None:
+        """Write `slot` into the ring, oldest rows first out, keeping the window's counts in step."""
+        size = self._missing + 1
+        if len(slot) >= self.window_rows:
+            self.ring[:] = slot[-self.window_rows :]
             self.position = 0
+            self._window = np.bincount(self.ring, minlength=size)
             return
-        end = self.position + len(index)
+        self._window += counted
+        end = self.position + len(slot)
         if end <= self.window_rows:
-            self.ring[self.position : end] = index
+            self._window -= np.bincount(self.ring[self.position : end], minlength=size)
+            self.ring[self.position : end] = slot
         else:
             split = self.window_rows - self.position
-            self.ring[self.position :] = index[:split]
-            self.ring[: end - self.window_rows] = index[split:]
+            self._window -= np.bincount(self.ring[self.position :], minlength=size)
+            self._window -= np.bincount(self.ring[: end - self.window_rows], minlength=size)
+            self.ring[self.position :] = slot[:split]
+            self.ring[: end - self.window_rows] = slot[split:]
         self.position = end % self.window_rows
 
     def window(self) -> npt.NDArray[np.int64]:
         """Counts per bin over the window's rows that were not missing."""
-        recent = self.ring[self.ring >= 0]
-        return np.bincount(recent, minlength=len(self.bins)).astype(np.int64)
+        return self._fold(self._window).copy()
 
     def flags(self, column: npt.NDArray[Any]) -> list[str | None]:
         """Per row: "missing", "out_of_range", "unseen" or None, for a response that asked for them."""
@@ -163,8 +206,8 @@ class QualityMonitor:
         self.inputs = [_input_tally(name, described.get(name), features.get(name), window_rows) for name in inputs]
         self.prediction = _prediction_tally(card, reference.get("prediction"), window_rows)
         self.has_reference = bool(reference)
-        self.on_flush: Callable[[], None] | None = None
-        """Called after each flush, under the lock: the metrics publish what was counted."""
+        self.on_publish: Callable[[], None] | None = None
+        """Told to export what was counted (to the metrics): by `publish`, on reads and every second."""
         self._pending: list[tuple[Mapping[str, Any], Any]] = []
         self._pending_rows = 0
         self._lock = threading.Lock()
@@ -174,7 +217,7 @@ class QualityMonitor:
         with self._lock:
             self._pending.append((inputs, prediction))
             self._pending_rows += rows
-            full = self._pending_rows >= FLUSH_ROWS
+            full = self._pending_rows >= FLUSH_ROWS or len(self._pending) >= FLUSH_BATCHES
         if full:
             self.flush()
 
@@ -190,8 +233,13 @@ class QualityMonitor:
                 predictions = [prediction for _, prediction in pending if prediction is not None]
                 if predictions:
                     self.prediction.count(_joined(predictions, self.prediction.kind))
-            if self.on_flush is not None:
-                self.on_flush()
+
+    def publish(self) -> None:
+        """Count what is pending and export it: per-flush exports would cost the hot path label lookups."""
+        self.flush()
+        with self._lock:
+            if self.on_publish is not None:
+                self.on_publish()
 
     def flags(self, inputs: Mapping[str, Any], rows: int) -> list[dict[str, list[str]]]:
         """Per row, the inputs that were missing, out of the training range, or an unseen category."""
@@ -205,10 +253,16 @@ class QualityMonitor:
 
 def _joined(columns: list[Any], kind: str) -> npt.NDArray[Any]:
     """One flat array of a column's pending parts: arrays, or lists as plain JSON columns arrive (None:
-    missing), as float64 for numbers (None becomes NaN) and objects for categories."""
+    missing), as floats for numbers (None becomes NaN) and objects for categories.
+
+    Per part only a view is taken (ravel): converting each part on its own cost ~0.5 us a part and
+    input, the larger share of counting a small batch (profiled at 1-5 rows per batch)."""
     dtype = np.float64 if kind == "numeric" else object
-    arrays = [np.asarray(column, dtype=dtype).reshape(-1) for column in columns]
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    parts = [column.ravel() if isinstance(column, np.ndarray) else np.asarray(column, dtype=dtype).ravel()
+             for column in columns]  # fmt: skip
+    if len(parts) == 1:
+        return parts[0] if kind == "numeric" or parts[0].dtype == object else parts[0].astype(object)
+    return np.concatenate(parts, dtype=None if kind == "numeric" else object)
 
 
 def _input_tally(name: str, feature: Any, reference: Any, window_rows: int) -> Tally:

@@ -99,7 +99,7 @@ class ModelRepository:
             # Each worker keeps its share of the window: a scrape adds the workers' windows (serve/drift.py).
             window = max(1, settings.quality_window_rows // settings.workers)
             quality = QualityMonitor(model.card, model.input_names, window)
-            quality.on_flush = QualityExport(self.metrics.drift, model.name, model.version, quality).publish
+            quality.on_publish = QualityExport(self.metrics.drift, model.name, model.version, quality).publish
             run = _monitored(model, quality)
 
         batcher = MicroBatcher(
@@ -199,7 +199,7 @@ class ModelRepository:
         found = {}
         for entry in self.entries():
             if entry.quality is not None:
-                entry.quality.flush()
+                entry.quality.publish()
                 found[(entry.model.name, entry.model.version_text)] = entry.quality
         return found
 
