@@ -157,6 +157,9 @@ def openapi_document(model_names: list[str], versions: list[str]) -> dict[str, A
         paths[prefix + "/ready"] = {"get": _operation("model readiness", params)}
         paths[prefix + "/config"] = {"get": _operation("Triton model configuration", params)}
         paths[prefix + "/stats"] = {"get": _operation("model statistics", params)}
+        paths[prefix + "/quality"] = {
+            "get": _operation("input quality and drift: counts, recent window, PSI and status per feature", params)
+        }
         paths[prefix + "/infer"] = {
             "post": _operation(
                 "inference (Open Inference Protocol)",
