@@ -99,15 +99,22 @@ def score(
     return scope["state"]["scorer"].score(entry, feed, rows, timeout_s, scope.get(ON_DISCONNECT))  # type: ignore[no-any-return]
 
 
-async def _infer(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
-    """POST /v2/models/{name}[/versions/{version}]/infer: JSON or Triton's binary tensor data."""
+async def _v2_request(
+    context: RequestContext, scope: Scope, receive: Receive
+) -> tuple[ModelEntry, dict[str, Any], protocol.InferRequest]:
+    """The model version, the JSON document and the validated request of a V2 body (JSON or binary)."""
     settings, repository, headers = _context(scope)
     entry = context.entry = _entry(repository, scope)
     body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
     length = headers.get(binary.HEADER)
     header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
     document = protocol.parse_json(header)
-    parsed = protocol.parse_infer_request(document, entry.model, tail, settings.max_request_rows)
+    return entry, document, protocol.parse_infer_request(document, entry.model, tail, settings.max_request_rows)
+
+
+async def _infer(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
+    """POST /v2/models/{name}[/versions/{version}]/infer: JSON or Triton's binary tensor data."""
+    entry, document, parsed = await _v2_request(context, scope, receive)
     flags = _quality_flags(entry, parsed.feed, parsed.rows, (document.get("parameters") or {}).get("quality"))
     outputs = await score(context, scope, entry, parsed.feed, parsed.rows, parsed.timeout_s)
     context.batch_rows = outputs.batch_rows
@@ -158,13 +165,7 @@ async def _predict_seed(context: RequestContext, scope: Scope, receive: Receive)
 
 async def _explain(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
     """POST /v2/models/{name}[/versions/{version}]/explain: V2 tensors in (validated as infer's), Shapley values out."""
-    settings, repository, headers = _context(scope)
-    entry = context.entry = _entry(repository, scope)
-    body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
-    length = headers.get(binary.HEADER)
-    header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
-    document = protocol.parse_json(header)
-    parsed = protocol.parse_infer_request(document, entry.model, tail, settings.max_request_rows)
+    entry, document, parsed = await _v2_request(context, scope, receive)
     options = explanations.parse_options(document.get("parameters"), entry.model)
     context.rows = parsed.rows
     explainer: explanations.Explainer = scope["state"]["explainer"]

@@ -30,6 +30,7 @@ from serve.errors import (
 from serve.grpc import converters
 from serve.grpc import open_inference_pb2 as pb
 from serve.inflight import InFlight
+from serve.repository import ModelEntry
 from serve.state import AppState
 
 SERVICE = "inference.GRPCInferenceService"
@@ -136,35 +137,31 @@ class Servicer:
         if admin and role != "admin":
             raise PermissionDeniedError("loading and unloading models needs an admin key")
 
-    async def model_infer(self, request: pb.ModelInferRequest, context: Any, record: RequestContext) -> Any:
-        state = self.state
-        settings = state["settings"]
-        entry = record.entry = state["repository"].get(request.model_name, request.model_version or None)
+    def _parsed(
+        self, request: pb.ModelInferRequest, context: Any, record: RequestContext
+    ) -> tuple[ModelEntry, dict[str, Any], protocol.InferRequest, float | None]:
+        """The model version, the V2 document, the validated request and its timeout, as REST has them."""
+        entry = record.entry = self.state["repository"].get(request.model_name, request.model_version or None)
         document, tail = converters.infer_document(request)
-        parsed = protocol.parse_infer_request(document, entry.model, tail, settings.max_request_rows)
+        parsed = protocol.parse_infer_request(document, entry.model, tail, self.state["settings"].max_request_rows)
         timeout_s = parsed.timeout_s
         remaining = context.time_remaining()
         if remaining is not None:  # the caller's gRPC deadline is the request's deadline too
             timeout_s = min(math.inf if timeout_s is None else timeout_s, max(remaining, 0.0))
         record.rows = parsed.rows
-        outputs = await state["scorer"].score(entry, parsed.feed, parsed.rows, timeout_s, _on_leave(context))
+        return entry, document, parsed, timeout_s
+
+    async def model_infer(self, request: pb.ModelInferRequest, context: Any, record: RequestContext) -> Any:
+        entry, _, parsed, timeout_s = self._parsed(request, context, record)
+        outputs = await self.state["scorer"].score(entry, parsed.feed, parsed.rows, timeout_s, _on_leave(context))
         record.batch_rows = outputs.batch_rows
         return converters.infer_response(entry.model, parsed, outputs)
 
     async def model_explain(self, request: pb.ModelInferRequest, context: Any, record: RequestContext) -> Any:
         """An infer request explained: its parameters "method", "permutations" and "seed" as REST's."""
-        state = self.state
-        settings = state["settings"]
-        entry = record.entry = state["repository"].get(request.model_name, request.model_version or None)
-        document, tail = converters.infer_document(request)
-        parsed = protocol.parse_infer_request(document, entry.model, tail, settings.max_request_rows)
+        entry, document, parsed, timeout_s = self._parsed(request, context, record)
         options = explanations.parse_options(document.get("parameters"), entry.model)
-        timeout_s = parsed.timeout_s
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout_s = min(math.inf if timeout_s is None else timeout_s, max(remaining, 0.0))
-        record.rows = parsed.rows
-        explained = await state["explainer"].explain(entry.model, parsed.feed, parsed.rows, options, timeout_s)
+        explained = await self.state["explainer"].explain(entry.model, parsed.feed, parsed.rows, options, timeout_s)
         return converters.explain_response(explained, request.id)
 
     async def server_live(self, request: Any, context: Any, record: RequestContext) -> Any:
