@@ -59,8 +59,10 @@ def overhead(model_dir: Path, repetitions: int) -> list[dict[str, Any]]:
             size = len(next(iter(model.background.values())))
             for method in _methods(len(model.inputs)):
                 explained, plain = [], []
+                workspace = shapley.Workspace()  # as the server keeps one per model version
                 for _ in range(repetitions):
-                    explanation = shapley.explain(score, row, model.background, method=method, chunk_rows=CHUNK_ROWS)
+                    explanation = shapley.explain(score, row, model.background, method=method, chunk_rows=CHUNK_ROWS,
+                                                  workspace=workspace)  # fmt: skip
                     explained.append(explanation.rows_evaluated / explanation.seconds)
                     # The same calls: the coalition rows in chunks of whole coalitions, then the row itself.
                     composed = explanation.rows_evaluated - 1

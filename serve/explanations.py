@@ -37,6 +37,8 @@ from serve.model import Model
 from serve.settings import Settings
 
 MAX_PERMUTATIONS = 10_000
+MAX_WORKSPACES = 8
+"""Model versions whose coalition-row buffers are kept (a few MB each; a version swap leaves the old one)."""
 CHUNK_ROWS = 65_536
 """Model rows per onnxruntime call: large enough to amortise a call, small enough to bound memory."""
 
@@ -93,6 +95,8 @@ class Explainer:
         self.timeout_s = settings.request_timeout_s
         self.metrics = metrics
         self.in_flight = 0
+        self._workspaces: dict[tuple[str, int, str], shapley.Workspace] = {}
+        """Per model version: the coalition-row buffers its explanations reuse (only the explain thread)."""
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="explain", initializer=_yield_to_inference
         )
@@ -137,10 +141,15 @@ class Explainer:
         _, names = explained_outputs(model)
         feed = _arrays(model, inputs)
         score = scorer(model)
+        workspace = self._workspaces.pop(model.identity, None) or shapley.Workspace()
+        self._workspaces[model.identity] = workspace  # most recent last: the oldest goes beyond the bound
+        while len(self._workspaces) > MAX_WORKSPACES:
+            del self._workspaces[next(iter(self._workspaces))]
 
         def run() -> shapley.Explanation:
             return shapley.explain(score, feed, background, method=options.method, permutations=options.permutations,
-                                   seed=options.seed, chunk_rows=CHUNK_ROWS, deadline=deadline)  # fmt: skip
+                                   seed=options.seed, chunk_rows=CHUNK_ROWS, deadline=deadline,
+                                   workspace=workspace)  # fmt: skip
 
         self.in_flight += 1
         self.metrics.explain_in_flight.inc()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -54,6 +54,15 @@ class Explanation:
     seconds: float
 
 
+@dataclass
+class Workspace:
+    """What explanations of one model can reuse: coalition-row buffers per input, and the last plan."""
+
+    buffers: dict[str, Array] = field(default_factory=dict)
+    plan_key: tuple[Any, ...] | None = None
+    plan: tuple[npt.NDArray[np.intp] | None, npt.NDArray[np.bool_]] | None = None
+
+
 def default_method(columns: int) -> Method:
     return "exact" if columns <= MAX_EXACT_COLUMNS else "permutation"
 
@@ -73,33 +82,47 @@ def explain(
     seed: int = 0,
     chunk_rows: int = 65_536,
     deadline: float = math.inf,
+    workspace: Workspace | None = None,
 ) -> Explanation:
     """Shapley values of each input in `rows` (n explained rows) against `background` (B rows).
 
     `permutations` (permutation mode) must be even: orders come in antithetic pairs. Model calls hold
     at most `chunk_rows` rows (at least one coalition's B rows); `deadline` is a time.monotonic() value.
+    `workspace`, kept by a caller that explains one model again and again, holds the coalition-row
+    buffers (grown here when too small) and the last coalition plan, so that explanations reuse them.
     """
     started = time.perf_counter()
     names = list(rows)
     columns = len(names)
     n = len(next(iter(rows.values())))
     size = len(next(iter(background.values())))
-    if method == "exact":
-        masks = _all_coalitions(columns)
-        orders = None
-    else:
-        orders = _antithetic_orders(columns, permutations, seed)
-        masks = _prefix_coalitions(orders)
+    workspace = Workspace() if workspace is None else workspace
+    key = (method, columns, permutations, seed)
+    if workspace.plan is None or workspace.plan_key != key:  # the same request again draws the same orders
+        drawn = None if method == "exact" else _antithetic_orders(columns, permutations, seed)
+        workspace.plan = (drawn, _all_coalitions(columns) if drawn is None else _prefix_coalitions(drawn))
+        workspace.plan_key = key
+    orders, masks = workspace.plan
     per_row = len(masks)
     # Every (explained row, coalition) pair is one unit of `size` model rows; chunks hold whole units.
     units = np.arange(n * per_row)
     per_chunk = max(1, chunk_rows // size)
+    # One buffer per input, reused by every chunk (and, with a workspace, every explanation): fresh arrays
+    # of this size come from the kernel page by page, and those page faults were two thirds of composing
+    # (0.77 -> 0.21 ms per 65,536 rows of 10 inputs).
+    buffers = workspace.buffers
+    needed = min(per_chunk, len(units))
+    for name in names:
+        template = np.asarray(background[name])
+        held = buffers.get(name)
+        if held is None or len(held) < needed or held.shape[1:] != template.shape or held.dtype != template.dtype:
+            buffers[name] = np.empty((needed, *template.shape), dtype=template.dtype)
     worth: npt.NDArray[np.float64] | None = None
     for start in range(0, len(units), per_chunk):
         if time.monotonic() > deadline:
             raise DeadlineError(f"explanation stopped after {start * size} of {len(units) * size} model rows")
         chunk = units[start : start + per_chunk]
-        feed = _compose(names, rows, background, chunk // per_row, masks[chunk % per_row])
+        feed = _compose(names, rows, background, chunk // per_row, masks[chunk % per_row], buffers)
         scored = score(feed).reshape(len(chunk), size, -1).mean(axis=1, dtype=np.float64)
         if worth is None:
             worth = np.empty((len(units), scored.shape[1]))
@@ -133,23 +156,24 @@ def _compose(
     background: Mapping[str, Array],
     which: npt.NDArray[np.intp],
     masks: npt.NDArray[np.bool_],
+    buffers: Mapping[str, Array],
 ) -> dict[str, Array]:
     """Units (explained row `which[u]`, coalition `masks[u]`) x background rows, as one model feed.
 
-    Column j of unit u is the explained row's value where masks[u, j], else each background row's.
+    Column j of unit u is the explained row's value where masks[u, j], else each background row's;
+    written into `buffers` (one per input, at least as many units long), whose first units it returns.
     """
     units, size = len(which), len(next(iter(background.values())))
     feed = {}
     for j, name in enumerate(names):
         others = np.asarray(background[name])
-        width = others.shape[1:]
+        composed = buffers[name][:units]
         # Every unit starts as the background rows; units whose coalition holds column j then take the
         # explained row's value in all their rows. Two block copies: about twice as fast as np.where here.
-        composed = np.empty((units, size, *width), dtype=others.dtype)
         composed[:] = others
         chosen = masks[:, j]
         composed[chosen] = np.asarray(rows[name], dtype=others.dtype)[which[chosen]][:, None]
-        feed[name] = composed.reshape(units * size, *width)
+        feed[name] = composed.reshape(units * size, *others.shape[1:])
     return feed
 
 
