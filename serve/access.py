@@ -30,6 +30,8 @@ class RequestContext:
     rows: int | None = None
     batch_rows: int | None = None
     """Rows in the batch it was scored in (0: answered from the cache)."""
+    explain: bool = False
+    """An explanation, not an inference: counted apart, so inference's latency stays inference's."""
 
 
 def request_id(presented: bytes | str | None, generate: bool) -> str | None:
@@ -50,7 +52,9 @@ def finish(
     One JSON line; never the body, never a header or metadata value other than the request id.
     """
     entry = context.entry
-    if entry is not None:
+    if context.explain:
+        metrics.explain_answered(entry.model.name if entry else "", status, seconds)
+    elif entry is not None:
         entry.metrics.requests[context.protocol](status, seconds)
     else:  # no model resolved (404 and the like)
         metrics.requests_for(UNRESOLVED, context.protocol)(status, seconds)
@@ -67,6 +71,7 @@ def finish(
         "rows": context.rows,
         "batch_rows": context.batch_rows,
         "status": status,
+        **({"explain": True} if context.explain else {}),
         "latency_ms": round(seconds * 1000, 3),
     }
     access_logger.info(orjson.dumps(record).decode())

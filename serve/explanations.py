@@ -160,7 +160,7 @@ class Explainer:
         finally:
             self.in_flight -= 1
             self.metrics.explain_in_flight.dec()
-        self.metrics.explained(model.name, options.method, explanation.rows_evaluated, explanation.seconds)
+        self.metrics.explained(model.name, options.method, explanation.rows_evaluated)
         return render(model, names, background_rows, explanation)
 
 

@@ -165,6 +165,7 @@ async def _predict_seed(context: RequestContext, scope: Scope, receive: Receive)
 
 async def _explain(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
     """POST /v2/models/{name}[/versions/{version}]/explain: V2 tensors in (validated as infer's), Shapley values out."""
+    context.explain = True
     entry, document, parsed = await _v2_request(context, scope, receive)
     options = explanations.parse_options(document.get("parameters"), entry.model)
     context.rows = parsed.rows
@@ -177,6 +178,7 @@ async def _explain(context: RequestContext, scope: Scope, receive: Receive) -> R
 
 async def _explain_records(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
     """POST /v1/models/{name}[/versions/{version}]:explain with {"instances": [...]} as :predict takes them."""
+    context.explain = True
     settings, repository, headers = _context(scope)
     entry = context.entry = _entry(repository, scope)
     body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)

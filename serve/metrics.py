@@ -175,15 +175,16 @@ class Metrics:
         self.cache = Counter(
             "tabserve_cache_lookups", "Response cache lookups by result.", ("result",), registry=registry
         )
-        self.explain_requests = Counter("tabserve_explain_requests", "Explanations answered, by model and method.",
-                                        ("model", "method"), registry=registry)  # fmt: skip
+        self.explain_requests = Counter("tabserve_explain_requests", "Explain requests answered, by model and status.",
+                                        ("model", "status"), registry=registry)  # fmt: skip
+        self.explanations = Counter("tabserve_explanations", "Explanations computed, by model and method.",
+                                    ("model", "method"), registry=registry)  # fmt: skip
         self.explain_rows = Counter("tabserve_explain_rows_evaluated", "Model rows scored for explanations.",
                                     ("model",), registry=registry)  # fmt: skip
         self.explain_in_flight = Gauge("tabserve_explain_in_flight", "Explain requests being handled.",
                                        registry=registry, multiprocess_mode="livesum")  # fmt: skip
-        self.explain_seconds = Histogram("tabserve_explain_duration_seconds", "Time to compute an explanation.",
+        self.explain_seconds = Histogram("tabserve_explain_duration_seconds", "Explain latency, arrival to answer.",
                                          ("model",), buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
-
         self.drift = DriftMetrics(registry)
         self._monitors: Callable[[], dict[tuple[str, str], Any]] = dict
         if registry is not None:
@@ -203,9 +204,13 @@ class Metrics:
             return list(MultiProcessCollector(registry).collect())  # type: ignore[no-untyped-call]
         return list(self.registry.collect())
 
-    def explained(self, model: str, method: str, rows: int, seconds: float) -> None:
-        self.explain_requests.labels(model, method).inc()
+    def explained(self, model: str, method: str, rows: int) -> None:
+        self.explanations.labels(model, method).inc()
         self.explain_rows.labels(model).inc(rows)
+
+    def explain_answered(self, model: str, status: int, seconds: float) -> None:
+        """Every explain request's answer; `model` is "" when the request named no loaded model."""
+        self.explain_requests.labels(model, str(status)).inc()
         self.explain_seconds.labels(model).observe(seconds)
 
     def requests_for(self, labels: tuple[str, str], protocol: str) -> Callable[[int, float], None]:

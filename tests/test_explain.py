@@ -279,24 +279,33 @@ def wait_for_metric(base: str, line: str, timeout_s: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_explain_metrics_count_requests_rows_and_latency_by_model(url: str) -> None:
+def test_explain_metrics_count_requests_rows_and_latency_by_model_apart_from_inference(url: str) -> None:
     golden = httpx.get(f"{url}/v1/models/age-weight/golden").json()
+    httpx.post(f"{url}/predict", json={"age": 35}).raise_for_status()  # so that inference has its samples
     before = httpx.get(f"{url}/metrics").text
     response = httpx.post(f"{url}/v1/models/age-weight:explain", json={"instances": golden_rows(golden)[:2]})
     assert response.status_code == 200, response.text
+    refused = httpx.post(f"{url}/v1/models/age-weight:explain", json={"instances": [{"age": "old"}]})
+    assert refused.status_code == 400
     rows = response.json()["rows_evaluated"]
     after = httpx.get(f"{url}/metrics").text
 
-    def value(text: str, sample: str) -> float:
-        found = [line.split()[-1] for line in text.splitlines() if line.startswith(sample + " ")]
-        return float(found[0]) if found else 0.0
+    def delta(sample: str) -> float:
+        def value(text: str) -> float:
+            found = [line.split()[-1] for line in text.splitlines() if line.startswith(sample + " ")]
+            return float(found[0]) if found else 0.0
 
-    requests = 'tabserve_explain_requests_total{method="exact",model="age-weight"}'
-    assert value(after, requests) - value(before, requests) == 1
-    counted = 'tabserve_explain_rows_evaluated_total{model="age-weight"}'
-    assert value(after, counted) - value(before, counted) == rows == 2 * 2 * response.json()["background_rows"] + 2
-    latency = 'tabserve_explain_duration_seconds_count{model="age-weight"}'
-    assert value(after, latency) - value(before, latency) == 1
+        return value(after) - value(before)
+
+    assert delta('tabserve_explain_requests_total{model="age-weight",status="200"}') == 1
+    assert delta('tabserve_explain_requests_total{model="age-weight",status="400"}') == 1
+    assert delta('tabserve_explanations_total{method="exact",model="age-weight"}') == 1
+    background = response.json()["background_rows"]
+    assert delta('tabserve_explain_rows_evaluated_total{model="age-weight"}') == rows == 2 * 2 * background + 2
+    assert delta('tabserve_explain_duration_seconds_count{model="age-weight"}') == 2
+    # Explanations are not inference: the inference request counts and latencies do not move.
+    inference = 'tabserve_request_duration_seconds_count{model="age-weight",protocol="rest",version="1"}'
+    assert inference + " " in before and delta(inference) == 0
 
 
 def test_explain_needs_a_key_like_inference(explain_dir: Path) -> None:

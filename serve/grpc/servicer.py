@@ -159,6 +159,7 @@ class Servicer:
 
     async def model_explain(self, request: pb.ModelInferRequest, context: Any, record: RequestContext) -> Any:
         """An infer request explained: its parameters "method", "permutations" and "seed" as REST's."""
+        record.explain = True
         entry, document, parsed, timeout_s = self._parsed(request, context, record)
         options = explanations.parse_options(document.get("parameters"), entry.model)
         explained = await self.state["explainer"].explain(entry.model, parsed.feed, parsed.rows, options, timeout_s)
