@@ -260,9 +260,9 @@ def _joined(columns: list[Any], kind: str) -> npt.NDArray[Any]:
     dtype = np.float64 if kind == "numeric" else object
     parts = [column.ravel() if isinstance(column, np.ndarray) else np.asarray(column, dtype=dtype).ravel()
              for column in columns]  # fmt: skip
-    if len(parts) == 1:
-        return parts[0] if kind == "numeric" or parts[0].dtype == object else parts[0].astype(object)
-    return np.concatenate(parts, dtype=None if kind == "numeric" else object)
+    if kind != "numeric":  # labels of an integer classifier are numbers; categories are matched as text
+        parts = [part if part.dtype == object else part.astype(str).astype(object) for part in parts]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, dtype=None if kind == "numeric" else object)
 
 
 def _input_tally(name: str, feature: Any, reference: Any, window_rows: int) -> Tally:
