@@ -14,6 +14,7 @@ import uvicorn
 
 from serve import shutdown
 from serve.app import create_app
+from serve.fleet import STATE_ENV
 from serve.http import http_protocol
 from serve.settings import Settings
 
@@ -104,8 +105,12 @@ def main(**options: Any) -> None:
     # and metrics from every process are summed through prometheus-client's multiprocess directory.
     os.environ.update({f"SERVE_{key.upper()}": str(value) for key, value in options.items() if value is not None})
     os.environ["SERVE_ORT_INTRA_OP_THREADS"] = str(settings.ort_intra_op_threads)
-    with tempfile.TemporaryDirectory(prefix="tabserve-metrics-") as metrics_dir:
+    with (
+        tempfile.TemporaryDirectory(prefix="tabserve-metrics-") as metrics_dir,
+        tempfile.TemporaryDirectory(prefix="tabserve-state-") as state_dir,
+    ):
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+        os.environ[STATE_ENV] = state_dir  # load and unload through the API reach every worker (serve/fleet.py)
         # asyncio, not uvloop: uvloop 0.23 crashed multiprocess servers on this kind of machine.
         config = uvicorn.Config("serve.__main__:app_from_environment", factory=True, workers=settings.workers,
                                 loop="asyncio", **common)  # fmt: skip

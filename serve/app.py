@@ -32,6 +32,7 @@ from serve.errors import (
     send_error,
 )
 from serve.explanations import Explainer
+from serve.fleet import STATE_ENV, Fleet
 from serve.gc_tuning import tuned_gc
 from serve.grpc.server import start_grpc
 from serve.inflight import InFlight
@@ -196,6 +197,9 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
             )
             cache = ResponseCache(settings.cache_max_entries) if settings.cache_max_entries else None
             explainer = Explainer(settings, metrics)
+            state_dir = os.environ.get(STATE_ENV)
+            fleet = Fleet(Path(state_dir), repository) if state_dir and settings.workers > 1 else None
+            follower = asyncio.create_task(fleet.follow()) if fleet is not None else None
             state: AppState = {
                 "settings": settings,
                 "repository": repository,
@@ -203,6 +207,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
                 "metrics": metrics,
                 "scorer": Scorer(settings.request_timeout_s, cache),
                 "explainer": explainer,
+                "fleet": fleet,
             }
             # gRPC shares this loop, these models, batchers, keys and limits: one lifespan for both.
             grpc_server = await start_grpc(state, keys, in_flight) if settings.grpc_port is not None else None
@@ -214,10 +219,12 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
                 lifecycle.ready = False
                 if grpc_server is not None:
                     await grpc_server.stop(settings.shutdown_timeout_s)  # in-flight RPCs finish first
-                for task in (poller, flusher):
+                for task in (poller, flusher, follower):
                     if task is not None:
                         task.cancel()
                 explainer.close()
+                if fleet is not None:
+                    fleet.close()
                 await repository.close()
 
     table = routes()

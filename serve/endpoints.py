@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve import descriptions, drift
+from serve import descriptions, drift, fleet
 from serve.body import read_body
 from serve.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from serve.metrics import Metrics
@@ -135,11 +135,11 @@ async def repository_index(request: Request) -> Response:
 async def repository_load(request: Request) -> Response:
     """Load (or reload) a model's versions from disk; a refused version is a 400 naming why, old ones keep serving."""
     name = request.path_params["model_name"]
-    versions = await descriptions.load_model(_repository(request), name)
+    versions = await fleet.load(_repository(request), request.state.fleet, name)
     return json_response({"name": name, "versions": [str(v) for v in versions]})
 
 
 async def repository_unload(request: Request) -> Response:
     name = request.path_params["model_name"]
-    await _repository(request).unload(name)
+    await fleet.unload(_repository(request), request.state.fleet, name)
     return json_response({"name": name, "state": "UNAVAILABLE"})

@@ -6,7 +6,7 @@ ServeError (500)
 ├── ModelNotFoundError (404) / RouteNotFoundError (404) / MethodNotAllowedError (405)
 ├── ExplanationUnavailableError (409)
 ├── RequestTimeoutError (408) / PayloadTooLargeError (413) / ClientDisconnectedError (499)
-├── ServerBusyError, InFlightLimitError, ModelNotReadyError (503, Retry-After)
+├── ServerBusyError, InFlightLimitError, ModelNotReadyError, WorkersBehindError (503, Retry-After)
 └── DeadlineExceededError (504)
 
 A front end (REST today) renders an error from the table and nothing else, so the same failure gets
@@ -112,6 +112,12 @@ class ModelNotReadyError(ServeError):
     HEADERS = {"Retry-After": "1"}
 
 
+class WorkersBehindError(ServeError):
+    """A load or unload applied by this worker that others have not applied in time (serve/fleet.py)."""
+
+    HEADERS = {"Retry-After": "1"}
+
+
 class DeadlineExceededError(ServeError):
     pass
 
@@ -135,6 +141,7 @@ ERRORS: dict[type[ServeError], tuple[int, str]] = {
     ServerBusyError: (HTTPStatus.SERVICE_UNAVAILABLE, "RESOURCE_EXHAUSTED"),
     InFlightLimitError: (HTTPStatus.SERVICE_UNAVAILABLE, "RESOURCE_EXHAUSTED"),
     ModelNotReadyError: (HTTPStatus.SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+    WorkersBehindError: (HTTPStatus.SERVICE_UNAVAILABLE, "UNAVAILABLE"),
     DeadlineExceededError: (HTTPStatus.GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"),
 }
 INTERNAL_ERROR = ServeError("internal server error; see the server log")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from serve.explanations import Explainer
+from serve.fleet import Fleet
 from serve.metrics import Metrics
 from serve.repository import ModelRepository
 from serve.scoring import Scorer
@@ -26,3 +27,5 @@ class AppState(TypedDict):
     metrics: Metrics
     scorer: Scorer
     explainer: Explainer
+    fleet: Fleet | None
+    """With several workers: load and unload reach every one (serve/fleet.py)."""

@@ -19,8 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+import tritonclient.grpc
 
-from loadtest.servers import clean_env
+from loadtest.servers import clean_env, free_port
 from loadtest.storm import ConnectionStorm, http_request
 from tests.conftest import running_server, self_signed_certificate, serving_process
 
@@ -337,6 +338,42 @@ def test_several_workers_serve_under_load_and_their_metrics_add_up(model_dir: Pa
     }
     assert len(started) == 2
     assert "2 worker(s) x 1 onnxruntime intra-op thread(s) on" in log.read_text()
+
+
+def test_with_several_workers_unload_and_load_reach_every_worker(model_dir: Path, tmp_path: Path) -> None:
+    """Before: after an unload, 5 of the next 6 infers answered 404 and 1 answered 200 (one worker had it)."""
+    repository = only_age_weight(model_dir, tmp_path / "models")
+    env = {"SERVE_WORKERS": "2", "SERVE_ACCESS_LOG": "true", "SERVE_POLL_INTERVAL_S": "0"}
+
+    def infer_on_new_connections(url: str, count: int = 24) -> tuple[Counter[int], set[str]]:
+        statuses: Counter[int] = Counter()
+        workers = set()  # a generated request id starts with the pid of the worker that answered
+        for _ in range(count):
+            with httpx.Client() as client:
+                answer = client.post(f"{url}/v2/models/age-weight/infer", content=json.dumps(AGE))
+            statuses[answer.status_code] += 1
+            workers.add(answer.headers["x-request-id"].split("-")[0])
+        return statuses, workers
+
+    grpc_port = free_port()
+    with running_server(repository, env, "--grpc-port", str(grpc_port)) as url:
+        wait_for(lambda: len(infer_on_new_connections(url, 8)[1]) == 2, what="both workers answering")
+        unloaded = httpx.post(f"{url}/v2/repository/models/age-weight/unload", timeout=30)
+        assert unloaded.status_code == 200, unloaded.text
+        statuses, workers = infer_on_new_connections(url)
+        assert statuses == {404: 24} and len(workers) == 2, (statuses, workers)
+        loaded = httpx.post(f"{url}/v2/repository/models/age-weight/load", timeout=30)
+        assert loaded.status_code == 200, loaded.text
+        statuses, workers = infer_on_new_connections(url)
+        assert statuses == {200: 24} and len(workers) == 2, (statuses, workers)
+        unknown = httpx.post(f"{url}/v2/repository/models/nope/unload", timeout=30)
+        assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
+        # The repository RPCs over gRPC take the same path.
+        client = tritonclient.grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        client.unload_model("age-weight")
+        assert infer_on_new_connections(url)[0] == {404: 24}
+        client.load_model("age-weight")
+        assert infer_on_new_connections(url)[0] == {200: 24}
 
 
 def test_response_cache_hits_repeats_and_never_answers_for_another_version(model_dir: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from serve import descriptions, explanations, protocol
+from serve import descriptions, explanations, fleet, protocol
 from serve.access import RequestContext, finish, request_id
 from serve.auth import KeyRing, presented_key
 from serve.errors import (
@@ -200,7 +200,7 @@ class Servicer:
     async def repository_load(
         self, request: pb.RepositoryModelLoadRequest, context: Any, record: RequestContext
     ) -> Any:
-        await descriptions.load_model(self.state["repository"], request.model_name)
+        await fleet.load(self.state["repository"], self.state["fleet"], request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_unload(
@@ -208,7 +208,7 @@ class Servicer:
     ) -> Any:
         if not request.model_name:
             raise ModelNotFoundError("RepositoryModelUnload names no model")
-        await self.state["repository"].unload(request.model_name)
+        await fleet.unload(self.state["repository"], self.state["fleet"], request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 
