@@ -43,6 +43,8 @@ class Fleet:
         self.applied = 0
         self._reloads: dict[str, int] = {}
         self._seen: float | None = None
+        self._applying = asyncio.Lock()
+        """One application of the state at a time: the follower and an API call may both apply one."""
         (folder / f"worker-{self.pid}").touch()
         self._record()
 
@@ -82,9 +84,9 @@ class Fleet:
                 state["reloads"][name] = generation
             state["unloaded"] = sorted(unloaded)
         if op == "load":
-            self._reloads[name] = generation
-        self.applied = generation  # applied here before it was written
-        self._record()
+            self._reloads[name] = generation  # applied here before it was written
+        # The state may hold other workers' changes this one has not followed yet: apply it whole.
+        await self._apply(state)
         await self._wait_for(generation)
 
     async def _catch_up(self) -> None:
@@ -97,8 +99,15 @@ class Fleet:
             return
         self._seen = stamp
         state = _read(path)
-        if state["generation"] <= self.applied and self.applied:
-            return
+        if state["generation"] > self.applied:
+            await self._apply(state)
+
+    async def _apply(self, state: dict[str, Any]) -> None:
+        """Make this worker's repository what `state` says (idempotent), then record its generation."""
+        async with self._applying:
+            await self._apply_locked(state)
+
+    async def _apply_locked(self, state: dict[str, Any]) -> None:
         for name in state["unloaded"]:
             if name in {entry.model.name for entry in self.repository.entries()}:
                 with contextlib.suppress(ModelNotFoundError):
@@ -109,7 +118,7 @@ class Fleet:
                 refusals = await self.repository.refresh(only=name)
                 if refusals:
                     logger.error("loading %s as the fleet asked: %s", name, "; ".join(refusals))
-        self.applied = state["generation"]
+        self.applied = max(self.applied, state["generation"])
         self._record()
 
     async def _wait_for(self, generation: int) -> None:
