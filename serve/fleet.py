@@ -42,7 +42,8 @@ class Fleet:
         self.pid = os.getpid()
         self.applied = 0
         self._reloads: dict[str, int] = {}
-        self._seen: float | None = None
+        self._seen: tuple[int, int] | None = None
+        """The state file last read (inode, mtime): each write replaces the file, so a new inode is a change."""
         self._applying = asyncio.Lock()
         """One application of the state at a time: the follower and an API call may both apply one."""
         (folder / f"worker-{self.pid}").touch()
@@ -92,9 +93,10 @@ class Fleet:
     async def _catch_up(self) -> None:
         path = self.folder / "desired.json"
         try:
-            stamp = path.stat().st_mtime_ns
+            found = path.stat()
         except FileNotFoundError:
             return
+        stamp = (found.st_ino, found.st_mtime_ns)
         if stamp == self._seen:
             return
         self._seen = stamp
