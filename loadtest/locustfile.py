@@ -69,12 +69,42 @@ def record_exact_latency(name: str, response_time: float, **kwargs: Any) -> None
         samples.append(response_time)
 
 
-@events.quitting.add_listener
-def write_exact_latency(environment: Environment, **kwargs: Any) -> None:
+# The exact timings travel as a message to whoever judges the run: the local runner (to itself), or
+# the master from every worker (`--processes N`, or workers on other machines). The master keeps the
+# merged samples and rewrites the file on every arrival, so the order of quitting does not matter.
+MERGED: dict[str, list[float]] = {}
+BY_WORKER: dict[str, int] = {}
+TIMINGS_MESSAGE = "tabserve_timings"
+
+
+@events.init.add_listener
+def listen_for_timings(environment: Environment, **kwargs: Any) -> None:
+    from locust.runners import WorkerRunner
+
+    if environment.runner is not None and not isinstance(environment.runner, WorkerRunner):
+        environment.runner.register_message(TIMINGS_MESSAGE, merge_timings)
+
+
+def merge_timings(environment: Environment, msg: Any, **kwargs: Any) -> None:
+    for name, samples in msg.data.items():
+        MERGED.setdefault(name, []).extend(samples)
+    BY_WORKER[str(msg.node_id)] = BY_WORKER.get(str(msg.node_id), 0) + sum(map(len, msg.data.values()))
     path = os.environ.get("TABSERVE_TIMINGS")
     if path:
         with open(path, "w") as handle:
-            json.dump(SAMPLES, handle)
+            json.dump(MERGED, handle)
+        with open(path.removesuffix(".json") + "_workers.json", "w") as handle:
+            json.dump(BY_WORKER, handle)
+
+
+@events.test_stop.add_listener
+def send_exact_latency(environment: Environment, **kwargs: Any) -> None:
+    from locust.runners import MasterRunner
+
+    if environment.runner is not None and not isinstance(environment.runner, MasterRunner) and SAMPLES:
+        samples = {name: list(values) for name, values in SAMPLES.items()}
+        SAMPLES.clear()
+        environment.runner.send_message(TIMINGS_MESSAGE, samples)
 
 
 def chosen_model() -> ModelPayloads:

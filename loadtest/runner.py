@@ -63,6 +63,11 @@ class RunOptions:
     """The input the drift scenario shifts (default: the model's first numeric one)."""
     api_key: str = ""
     """Sent to read the server's /quality after a drift run, when the server wants keys."""
+    processes: int = 1
+    """Locust processes on this machine (locust's --processes: a master and N - 1 forked workers)."""
+    expect_workers: int = 0
+    """Run as a locust master waiting for this many workers (`run --worker` on this or other machines)."""
+    master_port: int = 5557
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,11 @@ def run_scenario(options: RunOptions, budgets_path: Path) -> RunReport:
         "--tags", *scenario.tags, "--csv", str(prefix), "--csv-full-history", "--html", str(files["html"]),
         "--json", "--skip-log", scenario.user_class,
     ]  # fmt: skip
+    if options.processes > 1:
+        command[3:3] = ["--processes", str(options.processes)]
+    if options.expect_workers:
+        command[3:3] = ["--master", "--expect-workers", str(options.expect_workers),
+                        "--master-bind-port", str(options.master_port)]  # fmt: skip
     env = dict(os.environ)
     env.update(
         TABSERVE_TIMINGS=str(files["timings"]),
@@ -109,10 +119,9 @@ def run_scenario(options: RunOptions, budgets_path: Path) -> RunReport:
         TABSERVE_DRIFT_FEATURE=options.drift_feature,
     )
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=run_time_s + 60)
-    try:
-        totals = json.loads(completed.stdout)
-    except json.JSONDecodeError:
-        raise RuntimeError(f"locust failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}") from None
+    totals = master_totals(completed.stdout)
+    if totals is None:
+        raise RuntimeError(f"locust failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
     result = summarise(totals, files["timings"])
     found = breaches(budget, result)
     if scenario.drift and budget.limits.get("drift_alert"):
@@ -144,13 +153,39 @@ def drift_breaches(options: RunOptions) -> list[str]:
     return []
 
 
+def master_totals(stdout: str) -> list[dict[str, Any]] | None:
+    """The run's totals from locust's --json output: with --processes every forked worker prints its own
+    (empty) list before the master prints the merged one, so the last document is the run's."""
+    decoder, position, found = json.JSONDecoder(), 0, None
+    while position < len(stdout):
+        if stdout[position].isspace():
+            position += 1
+            continue
+        try:
+            found, position = decoder.raw_decode(stdout, position)
+        except json.JSONDecodeError:
+            return None
+    return found if isinstance(found, list) else None
+
+
+def run_worker(scenario_name: str, master_host: str, master_port: int, model: str) -> int:
+    """A locust worker for a master (`run --expect-workers N` elsewhere): it sends its load and its exact
+    timings to the master, which judges the run. Returns locust's exit code."""
+    scenario = SCENARIOS[scenario_name]
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", master_host,
+               "--master-port", str(master_port), "--tags", *scenario.tags, scenario.user_class]  # fmt: skip
+    env = {**os.environ, "TABSERVE_MODEL": model, "TABSERVE_SHAPE": scenario.shape}
+    return subprocess.run(command, env=env, timeout=3600).returncode
+
+
 def summarise(totals: list[dict[str, Any]], timings_path: Path) -> Result:
     """Totals from locust's final JSON; percentiles from the locustfile's exact per-request timings."""
     requests = sum(int(entry["num_requests"]) for entry in totals)
     failures = sum(int(entry["num_failures"]) for entry in totals)
     started = min((entry["start_time"] for entry in totals), default=0.0)
     ended = max((entry["last_request_timestamp"] or 0.0 for entry in totals), default=0.0)
-    samples = np.array([value for values in json.loads(timings_path.read_text()).values() for value in values])
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    samples = np.array([value for values in timings.values() for value in values])
     if samples.size:
         percentiles = {f"p{q}": float(np.percentile(samples, q)) for q in (50, 95, 99)}
     else:

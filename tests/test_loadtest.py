@@ -84,3 +84,38 @@ def test_drift_scenario_passes_only_once_the_servers_monitoring_raises_the_alert
                              "--out", str(tmp_path / "blind"))  # fmt: skip
     assert blind.returncode == 1, blind.stdout[-2000:] + blind.stderr[-2000:]
     assert "budget breached: drift: GET /v2/models/penguins/quality answered 404" in blind.stderr, blind.stderr
+
+
+def test_a_master_judges_the_merged_run_of_two_workers_with_every_exact_timing(model_dir: Path, tmp_path: Path) -> None:
+    """locust's distributed mode on loopback: `run --expect-workers 2` and two `run --worker` processes; the
+    master's totals and the exact timings the workers sent it describe the same requests."""
+    import json
+    import re
+
+    from loadtest.servers import free_port
+
+    port = str(free_port())
+    base = [sys.executable, "-m", "loadtest", "run", "--scenario", "v2-json", "--master-port", port]
+    judging = [*base, "--serve", str(model_dir), "--run-time", "4", "--users", "4", "--expect-workers", "2",
+               "--out", str(tmp_path)]  # fmt: skip
+    master = subprocess.Popen(judging, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[subprocess.Popen[bytes]] = [
+        subprocess.Popen([*base, "--worker"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)
+    ]
+    try:
+        out, err = master.communicate(timeout=120)
+        for worker in workers:
+            assert worker.wait(timeout=30) == 0, "a worker quits when its master does"
+    finally:
+        if master.poll() is None:
+            master.kill()
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert master.returncode == 0, out[-2000:] + err[-2000:]
+    found = re.search(r"(\d+) requests, 0 failed", out)
+    assert found, out
+    timings = json.loads((tmp_path / "v2-json_timings.json").read_text())
+    by_worker = json.loads((tmp_path / "v2-json_timings_workers.json").read_text())
+    assert len(by_worker) == 2 and all(count > 0 for count in by_worker.values()), by_worker
+    assert sum(by_worker.values()) == sum(map(len, timings.values())) == int(found.group(1))
