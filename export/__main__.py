@@ -11,52 +11,10 @@ from typing import Any, cast
 import click
 
 from contract import Task
-from export.background import DEFAULT_BACKGROUND_ROWS
 from export.convert import UnconvertibleStepError
+from export.options import BACKGROUND_OPTION, OUT_OPTION, tolerance_options
 from export.parity import ParityError, Tolerance
 from export.training import ESTIMATORS
-
-OUT_OPTION = click.option(
-    "--out",
-    "model_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("models"),
-    show_default=True,
-    help="Model repository to publish into (models/<name>/<version>/).",
-)
-
-
-def tolerance_options(command: Any) -> Any:
-    """--atol/--rtol/--max-label-mismatches: the parity gate's thresholds."""
-    defaults = Tolerance()
-    for option in reversed(
-        [
-            click.option(
-                "--atol", type=float, default=defaults.atol, show_default=True, help="Parity: absolute tolerance."
-            ),
-            click.option(
-                "--rtol", type=float, default=defaults.rtol, show_default=True, help="Parity: relative tolerance."
-            ),
-            click.option(
-                "--max-label-mismatches",
-                type=click.IntRange(min=0),
-                default=defaults.max_label_mismatches,
-                show_default=True,
-                help="Parity: class labels allowed to differ.",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-BACKGROUND_OPTION = click.option(
-    "--background-rows",
-    type=click.IntRange(min=0),
-    default=DEFAULT_BACKGROUND_ROWS,
-    show_default=True,
-    help="Training rows kept in background.json for explanations (stratified by class); 0 writes none.",
-)
 
 
 class Progress:

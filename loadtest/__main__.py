@@ -36,6 +36,14 @@ def target(host: str | None, serve: Path | None, grpc: str | None) -> Iterator[t
         yield url, f"127.0.0.1:{grpc_port}"
 
 
+MODEL_DIR_OPTION = click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+)
+
+
 @cli.command()
 @click.option("--scenario", type=click.Choice(sorted(SCENARIOS)), required=True)
 @click.option(
@@ -117,12 +125,7 @@ def run(scenario: str, budgets: Path, host: str | None, serve_dir: Path | None, 
 
 
 @cli.command()
-@click.option(
-    "--model-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=Path("models"),
-    show_default=True,
-)
+@MODEL_DIR_OPTION
 @click.option("--example", default="penguins", show_default=True, help="Model to benchmark (an example name).")
 @click.option("--loads", default="1,8,64", show_default=True, help="Connection counts.")
 @click.option("--reps", type=click.IntRange(1, 20), default=5, show_default=True)
@@ -143,12 +146,7 @@ def bench(model_dir: Path, example: str, loads: str, reps: int, duration_s: int,
 
 
 @cli.command("explain-bench")
-@click.option(
-    "--model-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=Path("models"),
-    show_default=True,
-)
+@MODEL_DIR_OPTION
 @click.option("--reps", type=click.IntRange(2, 20), default=5, show_default=True)
 @click.option(
     "--duration", "duration_s", type=click.IntRange(1, 120), default=5, show_default=True, help="Seconds per wrk run."
@@ -171,12 +169,7 @@ def explain_bench(model_dir: Path, reps: int, duration_s: int, out: Path) -> Non
 
 
 @cli.command("quality-bench")
-@click.option(
-    "--model-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=Path("models"),
-    show_default=True,
-)
+@MODEL_DIR_OPTION
 @click.option("--example", default="penguins", show_default=True)
 @click.option("--connections", type=click.IntRange(1, 1024), default=64, show_default=True)
 @click.option("--reps", type=click.IntRange(2, 20), default=5, show_default=True)

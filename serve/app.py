@@ -164,7 +164,7 @@ QUALITY_FLUSH_S = 1.0
 async def _flush_every(repository: ModelRepository, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        repository.monitors()
+        repository.publish_quality()
 
 
 def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIApp:

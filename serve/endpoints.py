@@ -115,7 +115,7 @@ async def metrics(request: Request) -> Response:
     repository = _repository(request)
     for entry in repository.entries():
         entry.metrics.queue_depth.set(entry.batcher.depth)
-    repository.monitors()  # count what is pending, so that a scrape sees every row answered before it
+    repository.publish_quality()  # count what is pending, so that a scrape sees every row answered before it
     return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -104,12 +104,6 @@ class Explainer:
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def check_rows(self, rows: int) -> None:
-        if rows > self.max_rows:
-            raise PayloadTooLargeError(
-                f"the request asks to explain {rows} rows; the limit is {self.max_rows} (SERVE_MAX_EXPLAIN_ROWS)"
-            )
-
     async def explain(
         self, model: Model, inputs: Inputs, rows: int, options: ExplainOptions, timeout_s: float | None = None
     ) -> dict[str, Any]:
@@ -120,7 +114,10 @@ class Explainer:
                 f"model {model.name!r} version {model.version} has no background data to explain against: "
                 "export it again with --background-rows N (N > 0)"
             )
-        self.check_rows(rows)
+        if rows > self.max_rows:
+            raise PayloadTooLargeError(
+                f"the request asks to explain {rows} rows; the limit is {self.max_rows} (SERVE_MAX_EXPLAIN_ROWS)"
+            )
         background_rows = len(next(iter(background.values())))
         model_rows = rows * shapley.coalitions_per_row(options.method, len(model.inputs), options.permutations)
         model_rows = model_rows * background_rows + rows

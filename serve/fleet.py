@@ -110,8 +110,9 @@ class Fleet:
             await self._apply_locked(state)
 
     async def _apply_locked(self, state: dict[str, Any]) -> None:
+        loaded = {entry.model.name for entry in self.repository.entries()}
         for name in state["unloaded"]:
-            if name in {entry.model.name for entry in self.repository.entries()}:
+            if name in loaded:
                 with contextlib.suppress(ModelNotFoundError):
                     await self.repository.unload(name)
         for name, generation in state["reloads"].items():

@@ -70,7 +70,10 @@ def _quality_flags(entry: ModelEntry, feed: Any, rows: int, asked: Any) -> list[
 
 
 def _query(scope: Scope, name: str) -> str | None:
-    values = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    query = scope.get("query_string")
+    if not query:  # the usual records request: no parsing on the hot path
+        return None
+    values = urllib.parse.parse_qs(query.decode("latin-1")).get(name)
     return values[-1] if values else None
 
 

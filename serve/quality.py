@@ -205,7 +205,6 @@ class QualityMonitor:
         features = reference.get("features", {})
         self.inputs = [_input_tally(name, described.get(name), features.get(name), window_rows) for name in inputs]
         self.prediction = _prediction_tally(card, reference.get("prediction"), window_rows)
-        self.has_reference = bool(reference)
         self.on_publish: Callable[[], None] | None = None
         """Told to export what was counted (to the metrics): by `publish`, on reads and every second."""
         self._pending: list[tuple[Mapping[str, Any], Any]] = []

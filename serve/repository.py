@@ -195,13 +195,14 @@ class ModelRepository:
         return sorted(self._models.get(name, {}))
 
     def monitors(self) -> dict[tuple[str, str], QualityMonitor]:
-        """(model, version) -> monitor, for the metrics' PSI; every pending batch is counted first."""
-        found = {}
-        for entry in self.entries():
-            if entry.quality is not None:
-                entry.quality.publish()
-                found[(entry.model.name, entry.model.version_text)] = entry.quality
-        return found
+        """(model, version) -> monitor, for the metrics' PSI."""
+        return {(entry.model.name, entry.model.version_text): entry.quality
+                for entry in self.entries() if entry.quality is not None}  # fmt: skip
+
+    def publish_quality(self) -> None:
+        """Count every version's pending batches and export them (before a scrape, and every second)."""
+        for monitor in self.monitors().values():
+            monitor.publish()
 
     def entries(self) -> Iterator[ModelEntry]:
         for versions in self._models.values():
