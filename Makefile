@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=25.1"
-	$(BIN)/pip install --quiet -e ".[export,loadtest,baseline]" --group dev
+	$(BIN)/pip install --quiet -e ".[export,loadtest,baseline,gbm]" --group dev
 	touch $(STAMP)
 
 # Export the built-in examples once; a later `make serve` reuses them.

@@ -38,10 +38,17 @@ from export.features import Feature
 
 ONNX_TO_V2 = {datatype.onnx: datatype.v2 for datatype in DATATYPES}
 VERSIONED_PACKAGES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy")
+OPTIONAL_PACKAGES = ("lightgbm", "xgboost-cpu", "xgboost", "onnxmltools")
+"""Recorded when installed: the gbm extra's converters may have made the graph."""
 
 
 def library_versions(model: onnx.ModelProto) -> dict[str, Any]:
     found: dict[str, Any] = {package: metadata.version(package) for package in VERSIONED_PACKAGES}
+    for package in OPTIONAL_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     found["python"] = platform.python_version()
     found["opset"] = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
     return found

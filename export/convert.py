@@ -18,6 +18,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from export.features import column_kind
+from export.precision import PRECISIONS, Precision
 
 # Pinned upper bounds (skl2onnx uses the lowest opset that each operator needs, up to these); the card
 # records the opsets actually used.
@@ -60,18 +61,26 @@ def with_column_inputs(pipeline: BaseEstimator, frame: pd.DataFrame) -> BaseEsti
     return Pipeline([("columns", columns.fit(frame)), ("pipeline", pipeline)])
 
 
-def convert_pipeline(pipeline: BaseEstimator, frame: pd.DataFrame) -> onnx.ModelProto:
-    """Convert with zipmap off (plain label + probabilities tensors) and the pinned opsets."""
-    from skl2onnx import to_onnx
+def convert_pipeline(
+    pipeline: BaseEstimator, frame: pd.DataFrame, precision: Precision = PRECISIONS[0]
+) -> onnx.ModelProto:
+    """Convert with zipmap off (plain label + probabilities tensors), the pinned opsets and `precision`."""
+    from skl2onnx import convert_sklearn
 
+    from export.boosters import register_boosters
+    from export.functions import register_functions
+
+    register_boosters()
+    register_functions()
     options: dict[Any, dict[str, Any]] = {id(pipeline): {"zipmap": False}} if hasattr(pipeline, "predict_proba") else {}
     options.update(CONVERTER_OPTIONS)
     try:
-        model = to_onnx(
+        model = convert_sklearn(
             pipeline,
             initial_types=initial_types(frame),
             target_opset={"": TARGET_OPSET, "ai.onnx.ml": TARGET_OPSET_ML},
             options=options,
+            custom_conversion_functions=precision.converters(),
         )
     except Exception as exc:
         raise UnconvertibleStepError(_describe_failure(pipeline, exc)) from exc

@@ -69,8 +69,8 @@ class ParityReport:
 class ParityError(Exception):
     """ONNX Runtime disagrees with scikit-learn beyond the tolerance."""
 
-    def __init__(self, report: ParityReport) -> None:
-        super().__init__("parity check failed: " + "; ".join(report.problems))
+    def __init__(self, report: ParityReport, detail: str = "") -> None:
+        super().__init__("parity check failed: " + "; ".join((*report.problems, detail) if detail else report.problems))
         self.report = report
 
 

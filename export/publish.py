@@ -14,20 +14,10 @@ from sklearn.base import BaseEstimator
 from contract import BACKGROUND_FILE, CARD_FILE, GOLDEN_FILE, MODEL_FILE, BackgroundCard, ModelCard, Task, read_card
 from export import card as cards
 from export.background import DEFAULT_BACKGROUND_ROWS, DEFAULT_BACKGROUND_SEED, sample_background
-from export.convert import convert_pipeline
-from export.features import describe_features
+from export.fidelity import convert_with_parity
 from export.importance import MAX_IMPORTANCE_ROWS, measure_importance
 from export.monitoring import measure_reference
-from export.parity import (
-    ParityError,
-    ParityReport,
-    Tolerance,
-    accepts_missing,
-    check_parity,
-    compare_outputs,
-    edge_rows,
-    onnx_feed,
-)
+from export.parity import ParityError, ParityReport, Tolerance, compare_outputs, onnx_feed
 from export.repository import check_name, publish
 
 MAX_PARITY_ROWS = 2000
@@ -75,19 +65,12 @@ def export_pipeline(
     model is refused.
     """
     check_name(name)
-    progress("converting with skl2onnx")
-    model = convert_pipeline(pipeline, training_frame)
-    missing = accepts_missing(pipeline, training_frame, list(training_frame.columns))
+    converted = convert_with_parity(pipeline, training_frame, check_frame, tolerance, MAX_PARITY_ROWS, progress)
+    model, features, rows, expected, report = (
+        converted.model, converted.features, converted.rows, converted.expected, converted.report
+    )  # fmt: skip
     input_names = [value.name for value in model.graph.input]
-    features = describe_features(training_frame, missing, input_names)
-    edges = edge_rows(training_frame, features)
-    rows = pd.concat([check_frame.iloc[:MAX_PARITY_ROWS], edges], ignore_index=True)
-    progress(f"parity check on {len(rows) - len(edges)} held-out rows and {len(edges)} edge rows")
-    report, expected = check_parity(pipeline, model.SerializeToString(), rows, tolerance, edges=len(edges))
-    if not report.passed:
-        raise ParityError(report)
-
-    golden_index = _golden_rows(len(rows) - len(edges), len(edges))
+    golden_index = _golden_rows(len(rows) - converted.edges, converted.edges)
     golden_feed = {key: value[golden_index] for key, value in onnx_feed(rows, input_names).items()}
     golden_outputs = {key: value[golden_index] for key, value in expected.items()}
     classes = [_plain(label) for label in getattr(pipeline, "classes_", [])] or None
@@ -123,7 +106,7 @@ def export_pipeline(
             estimator=_estimator_name(pipeline),
             metrics=metrics or {},
             search=search,
-            parity=report.to_json(),
+            parity=converted.parity_json(),
             golden_rows=len(golden_index),
             background=background,
             importance=importance,

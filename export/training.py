@@ -18,6 +18,8 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     GradientBoostingClassifier,
     GradientBoostingRegressor,
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
     RandomForestClassifier,
     RandomForestRegressor,
 )
@@ -31,6 +33,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from contract import Task
+from export import boosters
 from export.features import MISSING_STRING, column_kind
 
 SEED = 0
@@ -77,6 +80,29 @@ ESTIMATORS: dict[str, EstimatorChoice] = {
         },
         {"max_depth": [2, 3], "n_estimators": [50, 100]},
     ),
+    "hgb": EstimatorChoice(
+        {
+            "regression": lambda: HistGradientBoostingRegressor(random_state=SEED),
+            "classification": lambda: HistGradientBoostingClassifier(random_state=SEED),
+        },
+        {"max_depth": [3, None], "learning_rate": [0.05, 0.1]},
+    ),
+    # LightGBM and XGBoost: the optional gbm extra (export/boosters.py). One thread each: the grid search
+    # and cross-validation already keep the cores busy, and results do not depend on the thread count.
+    "lgbm": EstimatorChoice(
+        {
+            "regression": lambda: _lightgbm("LGBMRegressor"),
+            "classification": lambda: _lightgbm("LGBMClassifier"),
+        },
+        {"num_leaves": [15, 31], "n_estimators": [100, 200]},
+    ),
+    "xgb": EstimatorChoice(
+        {
+            "regression": lambda: _xgboost_regressor(),
+            "classification": lambda: boosters.xgb_label_classifier()(n_estimators=100, n_jobs=1, random_state=SEED),
+        },
+        {"max_depth": [3, 6], "n_estimators": [100, 200]},
+    ),
     "mlp": EstimatorChoice(
         {
             "regression": lambda: MLPRegressor(hidden_layer_sizes=(32,), max_iter=500, random_state=SEED),
@@ -85,6 +111,22 @@ ESTIMATORS: dict[str, EstimatorChoice] = {
         {"hidden_layer_sizes": [(16,), (32,)], "alpha": [1e-4, 1e-2]},
     ),
 }
+
+
+def _lightgbm(kind: str) -> BaseEstimator:
+    boosters.require()
+    import lightgbm
+
+    estimator: BaseEstimator = getattr(lightgbm, kind)(n_estimators=100, n_jobs=1, random_state=SEED, verbose=-1)
+    return estimator
+
+
+def _xgboost_regressor() -> BaseEstimator:
+    boosters.require()
+    from xgboost import XGBRegressor
+
+    estimator: BaseEstimator = XGBRegressor(n_estimators=100, n_jobs=1, random_state=SEED)
+    return estimator
 
 
 @dataclass(frozen=True)

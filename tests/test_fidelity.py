@@ -1,0 +1,222 @@
+"""Every estimator family publishes on mixed-type data built to break float32, and the server agrees with scikit-learn.
+
+The data has missing numbers and strings (imputed), categories (one literally "None"), a column of adjacent
+float32 pairs (a split between them sits one ulp from both: LightGBM's double thresholds rounded to float32
+send one side the wrong way) and a seeded forest whose probabilities tie exactly on a held-out row. The
+default tolerances hold for every family; no test loosens them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.tree import DecisionTreeRegressor
+
+from contract import GOLDEN_ATOL, GOLDEN_RTOL, Task
+from export.__main__ import cli
+from export.features import prepare_frame
+from export.fidelity import on_knife_edge
+from export.parity import Tolerance
+from export.publish import export_pipeline
+from export.training import ESTIMATORS, train
+from tests.conftest import read_card, running_server
+
+TASKS = ("regression", "binary", "multiclass")
+FAMILIES = ("linear", "ridge", "logistic", "tree", "forest", "gbm", "hgb", "mlp", "lgbm", "xgb")
+CASES = [
+    pytest.param(family, task, id=f"{family}-{task}")
+    for family in FAMILIES
+    for task in TASKS
+    if ("regression" if task == "regression" else "classification") in ESTIMATORS[family].build
+]
+HELD_OUT_ROWS = 60
+
+
+def mixed_table(task: str, rows: int = 600, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
+    """Numbers with gaps, categories with gaps, and a column of adjacent float32 pairs that decides a lot."""
+    rng = np.random.default_rng(seed)
+    base = np.float32(rng.integers(1, 4, rows)) * np.float32(1.1)
+    upper = rng.random(rows) < 0.5
+    edge = np.where(upper, np.nextafter(base, np.float32(10)), base).astype(np.float64)
+    age = rng.integers(18, 80, rows).astype(float)
+    income = np.round(rng.lognormal(10, 1, rows), 2)
+    score = np.round(rng.normal(0, 1, rows), 3)
+    rating = rng.integers(1, 6, rows).astype(float)
+    city = rng.choice(["north", "south", "east", "west", "None"], rows).astype(object)
+    plan = rng.choice(["basic", "pro", "team"], rows, p=[0.6, 0.3, 0.1])
+    for column, rate in ((age, 0.08), (income, 0.1), (score, 0.05)):
+        column[rng.random(rows) < rate] = np.nan
+    city[rng.random(rows) < 0.07] = None
+    frame = pd.DataFrame(
+        {"edge": edge, "age": age, "income": income, "score": score, "rating": rating, "city": city, "plan": plan}
+    )
+    signal = (
+        upper * 1.5
+        + np.nan_to_num(age, nan=45) / 20
+        + np.log(np.nan_to_num(income, nan=20000)) / 3
+        + np.nan_to_num(score)
+        + rating / 2
+        + (plan == "pro")
+        + (city == "north") * 0.7
+    )
+    if task == "regression":
+        return frame, pd.Series(signal * 10 + rng.normal(0, 1, rows), name="y")
+    if task == "binary":
+        return frame, pd.Series(np.where(signal + rng.normal(0, 0.5, rows) > np.median(signal), "yes", "no"), name="y")
+    cuts = np.quantile(signal, [1 / 3, 2 / 3])
+    return frame, pd.Series(np.array(["low", "mid", "high"])[np.digitize(signal + rng.normal(0, 0.3, rows), cuts)])
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[Any, pd.DataFrame]]]:
+    """Every (family, task) trained on its table and published into one repository; name -> (pipeline, rows)."""
+    out = tmp_path_factory.mktemp("fidelity")
+    fitted: dict[str, tuple[Any, pd.DataFrame]] = {}
+    splits = {}
+    for task in TASKS:
+        frame, labels = mixed_table(task)
+        splits[task] = train_test_split(prepare_frame(frame), labels, test_size=0.3, random_state=0)
+    for case in CASES:
+        family, task = (str(value) for value in case.values)
+        train_x, test_x, train_y, test_y = splits[task]
+        kind: Task = "regression" if task == "regression" else "classification"
+        result = train(train_x, train_y, family, kind, folds=2)
+        name = f"{family}-{task}"
+        export_pipeline(
+            result.pipeline, name=name, model_dir=out, training_frame=train_x, check_frame=test_x,
+            task=kind, description=name, training_labels=train_y, check_labels=test_y, background_rows=0,
+        )  # fmt: skip
+        fitted[name] = (result.pipeline, test_x.iloc[:HELD_OUT_ROWS])
+    return out, fitted
+
+
+def v2_request(rows: pd.DataFrame, card: dict[str, Any]) -> dict[str, Any]:
+    """One tensor per column; null for a missing number, '' for a missing string (as golden.json writes them)."""
+    inputs = []
+    for feature, column in zip(card["features"], rows.columns, strict=True):
+        values = rows[column].tolist()
+        if feature["datatype"] == "FP32":
+            values = [None if np.isnan(value) else value for value in values]
+        inputs.append(
+            {"name": feature["name"], "datatype": feature["datatype"], "shape": [len(rows), 1], "data": values}
+        )
+    return {"inputs": inputs}
+
+
+@pytest.mark.slow
+def test_every_family_publishes_and_serves_scikit_learns_answers(published: Any) -> None:
+    model_dir, fitted = published
+    with running_server(model_dir) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for name, (pipeline, rows) in fitted.items():
+            card = read_card(model_dir, name)
+            assert card["parity"]["passed"], name
+            response = client.post(f"/v2/models/{name}/infer", json=v2_request(rows, card))
+            assert response.status_code == 200, (name, response.text)
+            outputs = {output["name"]: output["data"] for output in response.json()["outputs"]}
+            if card["task"] == "classification":
+                label, probabilities = (output["name"] for output in card["outputs"])
+                assert outputs[label] == [str(value) for value in pipeline.predict(rows)], name
+                served = np.asarray(outputs[probabilities], dtype=np.float64).reshape(len(rows), -1)
+                wanted = pipeline.predict_proba(rows)
+            else:
+                served = np.asarray(next(iter(outputs.values())), dtype=np.float64)
+                wanted = np.asarray(pipeline.predict(rows), dtype=np.float64)
+            np.testing.assert_allclose(served, wanted, rtol=GOLDEN_RTOL, atol=GOLDEN_ATOL, err_msg=name)
+
+
+def test_the_card_records_the_precision_chosen_and_what_failed_before_it(published: Any) -> None:
+    model_dir, fitted = published
+    precisions = {name: read_card(model_dir, name)["parity"] for name in fitted}
+    # The seeded forest ties 0.5 / 0.5 on a held-out row: float32 sums break the tie, double sums do not.
+    assert precisions["forest-binary"]["precision"] == "float64-trees"
+    # LightGBM's double thresholds between adjacent float32 values: rounding to nearest flips the upper side.
+    for task in TASKS:
+        tried = precisions[f"lgbm-{task}"]["precisions_tried"]
+        assert [attempt["precision"] for attempt in tried] == ["float32", "float64-trees"]
+        assert not tried[0]["passed"] and tried[0]["problems"] and tried[1]["passed"]
+    assert precisions["linear-regression"]["precision"] == "float32"
+    assert precisions["linear-regression"]["precisions_tried"] == [
+        {"precision": "float32", "passed": True, "problems": []}
+    ]
+    # The inputs stay FP32 on the wire whatever the precision: the model saw float32 values only.
+    for name in fitted:
+        card = read_card(model_dir, name)
+        assert {spec["datatype"] for spec in card["inputs"]} == {"FP32", "BYTES"}, name
+
+
+def test_a_one_ulp_nudge_finds_the_column_on_a_split_threshold() -> None:
+    # Two float32 steps apart (scikit-learn does not split values closer than 1e-7): the split is one step from each.
+    low = np.float32(1.1)
+    high = np.nextafter(np.nextafter(low, np.float32(2)), np.float32(2))
+    frame = pd.DataFrame({"edge": np.array([low, high] * 20, dtype=np.float32), "other": np.float32(5.0)})
+    tree = DecisionTreeRegressor().fit(frame, np.tile([0.0, 1.0], 20))
+    assert on_knife_edge(tree, frame.iloc[[1]], Tolerance()) == [f"edge={float(high)!r}"]
+    assert on_knife_edge(tree, pd.DataFrame({"edge": [np.float32(3.0)], "other": [np.float32(5.0)]}), Tolerance()) == []
+
+
+def test_refusal_names_the_precisions_tried_and_the_rows_features(tmp_path: Path) -> None:
+    frame, labels = mixed_table("binary", rows=200)
+    frame.assign(y=labels).to_csv(tmp_path / "table.csv", index=False)
+    # The MLP's float32 probabilities differ from scikit-learn's by ~1e-7: nothing passes a zero tolerance.
+    result = CliRunner().invoke(
+        cli,
+        ["train", str(tmp_path / "table.csv"), "--target", "y", "--estimator", "mlp", "--name", "strict",
+         "--folds", "2", "--atol", "0", "--rtol", "0", "--out", str(tmp_path / "models")],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "parity check failed: output 'probabilities'" in result.output
+    assert "tried precisions float32, float64-trees, none agrees" in result.output
+    assert "imputed (missing) in that row:" in result.output
+    assert "on a split threshold (a one-ulp nudge changes scikit-learn's answer):" in result.output
+    assert "nothing was published" in result.output
+    assert not any((tmp_path / "models").rglob("*.onnx"))
+
+
+def publish_user_pipeline(model: Any, sample: pd.DataFrame, labels: pd.Series, folder: Path) -> dict[str, Any]:
+    joblib.dump(model, folder / "model.joblib")
+    sample.assign(y=labels).to_csv(folder / "sample.csv", index=False)
+    result = CliRunner().invoke(
+        cli,
+        ["pipeline", str(folder / "model.joblib"), "--sample", str(folder / "sample.csv"), "--target", "y",
+         "--name", "mine", "--out", str(folder / "models")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return read_card(folder / "models", "mine")
+
+
+@pytest.mark.parametrize("estimator", [HistGradientBoostingRegressor, HistGradientBoostingClassifier])
+def test_user_pipeline_with_hist_gradient_boosting_on_raw_nans_publishes(estimator: Any, tmp_path: Path) -> None:
+    frame, labels = mixed_table("regression" if estimator is HistGradientBoostingRegressor else "binary", rows=300)
+    numbers = prepare_frame(frame[["age", "income", "score", "rating"]])
+    # No imputer: the NaNs reach the booster, which routes them itself (missing_go_to_left).
+    card = publish_user_pipeline(estimator(max_iter=30, random_state=0).fit(numbers, labels), numbers, labels, tmp_path)
+    assert card["parity"]["passed"] and card["estimator"] == estimator.__name__
+    assert all(feature["accepts_missing"] for feature in card["features"][:3])
+
+
+@pytest.mark.parametrize("function", [np.log1p, np.log, np.sqrt, np.exp, np.expm1, np.abs], ids=lambda f: f.__name__)
+def test_user_pipeline_with_a_numpy_function_transformer_publishes(function: Any, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    numbers = pd.DataFrame({"x": rng.uniform(0.5, 3.0, 200), "z": rng.normal(size=200)}).astype(np.float32)
+    labels = pd.Series(np.log1p(numbers["x"]) * 3 + numbers["z"], name="y")
+    model = Pipeline(
+        [
+            ("columns", ColumnTransformer([("f", FunctionTransformer(function), ["x"])], remainder="passthrough")),
+            ("regress", Ridge()),
+        ]
+    ).fit(numbers, labels)
+    card = publish_user_pipeline(model, numbers, labels, tmp_path)
+    assert card["parity"]["passed"] and card["parity"]["precision"] == "float32"
