@@ -105,14 +105,13 @@ def read_training_table(
     columns = _check_names(path, choices, target)
     frame = _read(path, choices)
     rows = len(frame)
-    left_out = {name: "--drop" for name in choices.drop}
-    typed = {*choices.categorical, *choices.numeric}
-    for name in frame.columns:
-        reason = _row_index_reason(frame[name])
-        if name != target and name not in typed and name not in left_out and reason:
-            left_out[name] = reason
-            note(f"leaving out column {name!r}: {reason} (name it with --numeric or --categorical to keep it)")
+    left_out = dict.fromkeys(choices.drop, "--drop")
+    left_out |= _row_indexes(frame, choices, {target, *choices.drop}, note, counting=True)
     labels = frame.pop(target)
+    # A number target with R's "NA" in it would otherwise pass for hundreds of classes.
+    mixed = None if task == "classification" else _mixed_refusal(labels, "--task classification keeps them as classes")
+    if mixed:
+        raise TableError(f"the target {target!r} {mixed}")
     frame = frame.drop(columns=list(left_out))
     if frame.columns.empty:
         raise TableError(f"no columns are left to learn from: besides the target {target!r}, all were left out")
@@ -142,6 +141,11 @@ def read_sample_table(
     columns = _check_names(path, choices, target)
     frame = _read(path, choices).drop(columns=list(choices.drop))
     rows = len(frame)
+    left_out = dict.fromkeys(choices.drop, "--drop")
+    if expected is None:
+        # A pipeline fitted on unnamed columns takes them by position: a saved row index would shift them all.
+        left_out |= _row_indexes(frame, choices, {target} if target else set(), note, counting=False)
+        frame = frame.drop(columns=[name for name in left_out if name in frame.columns])
     labels: pd.Series | None = None
     without: dict[str, int] = {}
     if target is not None:
@@ -154,7 +158,6 @@ def read_sample_table(
             raise TableError(f"the sample lacks columns the pipeline was fitted on: {missing}", "--sample")
         frame = frame[list(expected)]
     prepared = _prepare(frame, choices, judge=False)
-    left_out = {name: "--drop" for name in choices.drop}
     table = Table(prepared, task, rows, sum(without.values()), left_out, _typed(choices), choices.na_values)
     return table, labels
 
@@ -200,12 +203,28 @@ def _read(path: Path, choices: ColumnChoices, header_only: bool = False) -> pd.D
     return frame
 
 
-def _row_index_reason(column: pd.Series) -> str | None:
-    """Why a column looks like a saved row index (and so carries nothing to learn from), or None."""
+def _row_indexes(
+    frame: pd.DataFrame, choices: ColumnChoices, skip: set[str], note: Callable[[str], None], counting: bool
+) -> dict[str, str]:
+    """The columns that look like a saved row index, each with why; a column the user typed is never one.
+
+    `counting` also takes an integer column that counts the rows; otherwise only a column with no header.
+    """
+    skip = skip | set(choices.categorical) | set(choices.numeric)
+    found = {}
+    for name in frame.columns:
+        reason = None if name in skip else _row_index_reason(frame[name], counting)
+        if reason:
+            found[str(name)] = reason
+            note(f"leaving out column {name!r}: {reason} (name it with --numeric or --categorical to keep it)")
+    return found
+
+
+def _row_index_reason(column: pd.Series, counting: bool) -> str | None:
     if UNNAMED.fullmatch(str(column.name)):
         return "its header is empty (a saved row index?)"
     rows = len(column)
-    if rows < MIN_ROWS_TO_JUDGE or not pd.api.types.is_integer_dtype(column) or pd.api.types.is_bool_dtype(column):
+    if not counting or rows < MIN_ROWS_TO_JUDGE or not pd.api.types.is_integer_dtype(column):
         return None
     first = int(column.iloc[0])
     if first in (0, 1) and (column.to_numpy() == np.arange(first, first + rows)).all():
@@ -296,11 +315,18 @@ def _prepare(frame: pd.DataFrame, choices: ColumnChoices, judge: bool) -> pd.Dat
         else:
             kinds[name] = column_kind(column)
             if kinds[name] == "categorical":
-                refusal = _mixed_refusal(column) or (_date_refusal(column) or _id_refusal(column) if judge else None)
+                keep = f"--categorical {name} keeps every value as a category"
+                refusal = _mixed_refusal(column, keep) or (
+                    _date_refusal(column) or _id_refusal(column) if judge else None
+                )
                 if refusal:
                     refusals.append(f"column {name!r} {refusal}")
+    if len(refusals) == 1:
+        raise TableError(refusals[0])
     if refusals:
-        raise TableError("\n".join(refusals))
+        raise TableError(
+            f"{len(refusals)} columns cannot be used as they are:\n" + "\n".join(f"- {line}" for line in refusals)
+        )
     return prepare_frame(frame, kinds)
 
 
@@ -321,17 +347,22 @@ def _parse_numbers(column: pd.Series) -> pd.Series:
     return parsed
 
 
-def _mixed_refusal(column: pd.Series) -> str | None:
-    """Mostly numbers plus some text (an R file's "NA", a "?"): neither reading is safe to guess."""
+def _mixed_refusal(column: pd.Series, keep: str) -> str | None:
+    """Mostly numbers plus some text (an R file's "NA", a "?"): neither reading is safe to guess.
+
+    `keep` is the advice for reading every value as text.
+    """
     present = column.dropna()
     parsed = pd.to_numeric(present, errors="coerce")
     if not len(present) or parsed.notna().sum() <= len(present) / 2:
         return None
     text = present[parsed.isna()].value_counts().head(MAX_QUOTED)
+    if text.empty:  # numbers only (read as numbers already, or as text by --categorical)
+        return None
     quoted = ", ".join(f"{value!r} in {count} rows" for value, count in text.items())
     return (
         f"holds numbers and text ({quoted}): --na-values {','.join(map(str, text.index))} reads the text as missing, "
-        f"--categorical {column.name} keeps every value as a category"
+        + keep
     )
 
 

@@ -252,3 +252,35 @@ def test_a_class_written_as_empty_fields_is_an_error(tmp_path: Path) -> None:
     assert code == 2
     assert "rows have an empty 'label', more than any class has (largest: " in output
     assert "if empty means a class, write its name in the file" in output
+
+
+def test_a_number_target_with_r_missing_markers_is_refused_until_they_are_named(tmp_path: Path) -> None:
+    data = frame()
+    data["y"] = data["y"].astype(str).where(data.index % 10 != 0, "NA")  # R writes a missing number as NA
+    path = write(data, tmp_path / "data.csv")
+    code, output = train(path, tmp_path / "models", "--drop", "label", target="y")
+    assert code == 2
+    assert "the target 'y' holds numbers and text ('NA' in 4 rows): --na-values NA reads the text as missing" in output
+    code, output = train(path, tmp_path / "models", "--drop", "label", "--na-values", "NA", target="y")
+    assert code == 0, output
+    assert f"dropping 4 of {ROWS} rows with no 'y' (read as missing: 'NA': 4)" in output
+    assert card_of(tmp_path / "models")["task"] == "regression"
+
+
+# scikit-learn notes that the sample has column names the pipeline was not fitted with: true, and harmless.
+@pytest.mark.filterwarnings("ignore:X has feature names, but LinearRegression was fitted without:UserWarning")
+def test_a_pipeline_fitted_without_column_names_gets_its_sample_without_the_saved_index(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(ROWS, 2)).astype(np.float32)
+    model = Pipeline([("regress", LinearRegression())]).fit(x, x @ [2.0, -1.0])
+    joblib.dump(model, tmp_path / "model.joblib")
+    pd.DataFrame(x, columns=["a", "b"]).to_csv(tmp_path / "sample.csv")  # with the row index, header empty
+    code, output = invoke(
+        "pipeline", str(tmp_path / "model.joblib"), "--sample", str(tmp_path / "sample.csv"),
+        "--name", "m", "--out", str(tmp_path / "models"),
+    )  # fmt: skip
+    assert code == 0, output
+    assert "leaving out column 'Unnamed: 0': its header is empty" in output
+    card = card_of(tmp_path / "models")
+    assert [feature["name"] for feature in card["features"]] == ["a", "b"]
+    assert card["metrics"]["data"]["left_out"] == {"Unnamed: 0": "its header is empty (a saved row index?)"}
