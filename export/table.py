@@ -1,49 +1,31 @@
 """Reading a user's CSV into a prepared frame: which fields are missing, which columns the model sees, as what.
 
 Only empty fields are missing unless the user names more (`--na-values`), so a class literally called
-"None" or "NA" stays a class. Columns that cannot be features are left out with a note (a saved row index)
-or refused with advice (IDs, free text, dates, numbers mixed with text); `--drop`, `--categorical` and
-`--numeric` always win over what is inferred here.
+"None" or "NA" stays a class. Columns that cannot be features (export/screening.py says which) are left
+out with a note (a saved row index) or refused with advice (IDs, free text, dates, numbers mixed with
+text); `--drop`, `--categorical` and `--numeric` always win over what is inferred.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import pandas as pd
 
 from contract import Kind, Task
 from export.features import column_kind, prepare_frame
+from export.screening import MAX_QUOTED, date_refusal, id_refusal, mixed_refusal, row_index_reason
 from export.training import infer_task
 
-# Fewer rows than this tell nothing about a column's values being unique or counting rows.
-MIN_ROWS_TO_JUDGE = 20
-# A string column with more distinct values than this share names rows instead of grouping them: an ID, free text.
-MAX_DISTINCT_SHARE = 0.9
-# "Mostly dates": this share of the distinct values has a date's shape and parses as one.
-DATE_SHARE = 0.8
-MAX_DATE_CHECKS = 500
-"""Distinct values parsed when looking for dates: enough to judge, cheap on any file."""
-# Dates as people write them, with a year: 2024-03-01, 1/3/2024, 01.03.24, Mar 1 2024, 1 March 2024.
-# A bare month name or number is not a date: a "month" column of "March" is a category.
-DATE_SHAPE = re.compile(
-    r"\d{4}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|[A-Za-z]{3,9}\.? \d{1,2},? \d{4}|\d{1,2} [A-Za-z]{3,9}\.? \d{4}"
-)
-# pandas names a column whose header is empty "Unnamed: <position>": in practice a saved row index.
-UNNAMED = re.compile(r"Unnamed: \d+")
 # Rows dropped for a missing target may be at most this share of the file. For a classifier, a group of
 # them of at least NOTICEABLE_TARGET_LOSS of the file that is as large as a class looks like a class read as
 # missing: for a marker the user listed (a class "None" and --na-values None), as large as the smallest class;
 # for empty fields, which are missing on purpose more often, larger than the largest class.
 MAX_TARGET_LOSS = 0.5
 NOTICEABLE_TARGET_LOSS = 0.1
-MAX_QUOTED = 3
-"""Example values quoted in a message."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +91,7 @@ def read_training_table(
     left_out |= _row_indexes(frame, choices, {target, *choices.drop}, note, counting=True)
     labels = frame.pop(target)
     # A number target with R's "NA" in it would otherwise pass for hundreds of classes.
-    mixed = None if task == "classification" else _mixed_refusal(labels, "--task classification keeps them as classes")
+    mixed = None if task == "classification" else mixed_refusal(labels, "--task classification keeps them as classes")
     if mixed:
         raise TableError(f"the target {target!r} {mixed}")
     frame = frame.drop(columns=list(left_out))
@@ -213,23 +195,11 @@ def _row_indexes(
     skip = skip | set(choices.categorical) | set(choices.numeric)
     found = {}
     for name in frame.columns:
-        reason = None if name in skip else _row_index_reason(frame[name], counting)
+        reason = None if name in skip else row_index_reason(frame[name], counting)
         if reason:
             found[str(name)] = reason
             note(f"leaving out column {name!r}: {reason} (name it with --numeric or --categorical to keep it)")
     return found
-
-
-def _row_index_reason(column: pd.Series, counting: bool) -> str | None:
-    if UNNAMED.fullmatch(str(column.name)):
-        return "its header is empty (a saved row index?)"
-    rows = len(column)
-    if not counting or rows < MIN_ROWS_TO_JUDGE or not pd.api.types.is_integer_dtype(column):
-        return None
-    first = int(column.iloc[0])
-    if first in (0, 1) and (column.to_numpy() == np.arange(first, first + rows)).all():
-        return f"it counts the rows, {first} to {first + rows - 1} in order (a saved row index)"
-    return None
 
 
 def _drop_missing_target(
@@ -316,9 +286,7 @@ def _prepare(frame: pd.DataFrame, choices: ColumnChoices, judge: bool) -> pd.Dat
             kinds[name] = column_kind(column)
             if kinds[name] == "categorical":
                 keep = f"--categorical {name} keeps every value as a category"
-                refusal = _mixed_refusal(column, keep) or (
-                    _date_refusal(column) or _id_refusal(column) if judge else None
-                )
+                refusal = mixed_refusal(column, keep) or (date_refusal(column) or id_refusal(column) if judge else None)
                 if refusal:
                     refusals.append(f"column {name!r} {refusal}")
     if len(refusals) == 1:
@@ -345,54 +313,6 @@ def _parse_numbers(column: pd.Series) -> pd.Series:
             "--numeric",
         )
     return parsed
-
-
-def _mixed_refusal(column: pd.Series, keep: str) -> str | None:
-    """Mostly numbers plus some text (an R file's "NA", a "?"): neither reading is safe to guess.
-
-    `keep` is the advice for reading every value as text.
-    """
-    present = column.dropna()
-    parsed = pd.to_numeric(present, errors="coerce")
-    if not len(present) or parsed.notna().sum() <= len(present) / 2:
-        return None
-    text = present[parsed.isna()].value_counts().head(MAX_QUOTED)
-    if text.empty:  # numbers only (read as numbers already, or as text by --categorical)
-        return None
-    quoted = ", ".join(f"{value!r} in {count} rows" for value, count in text.items())
-    return (
-        f"holds numbers and text ({quoted}): --na-values {','.join(map(str, text.index))} reads the text as missing, "
-        + keep
-    )
-
-
-def _date_refusal(column: pd.Series) -> str | None:
-    distinct = pd.Series(column.dropna().astype(str).unique()[:MAX_DATE_CHECKS])
-    shaped = distinct[distinct.str.contains(DATE_SHAPE)]
-    if not len(distinct) or len(shaped) < DATE_SHARE * len(distinct):
-        return None
-    parsed = pd.to_datetime(shaped, errors="coerce", format="mixed")
-    if parsed.notna().sum() < DATE_SHARE * len(distinct):
-        return None
-    return (
-        f"looks like dates (e.g. {_quote(shaped)}): derive numeric parts (year, month, day of week) as new "
-        f"columns, or leave it out with --drop {column.name} (--categorical {column.name} keeps each date a category)"
-    )
-
-
-def _id_refusal(column: pd.Series) -> str | None:
-    present = column.dropna()
-    distinct = present.nunique()
-    if len(present) < MIN_ROWS_TO_JUDGE or distinct <= MAX_DISTINCT_SHARE * len(present):
-        return None
-    return (
-        f"looks like an ID or free text ({distinct} of {len(present)} values distinct, e.g. {_quote(present)}): "
-        f"leave it out with --drop {column.name} (--categorical {column.name} keeps it as categories)"
-    )
-
-
-def _quote(values: pd.Series) -> str:
-    return ", ".join(repr(str(value)) for value in values.iloc[:MAX_QUOTED])
 
 
 def _typed(choices: ColumnChoices) -> dict[str, Kind]:
