@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
 from starlette.testclient import TestClient
 
 from export.__main__ import cli
@@ -284,3 +285,36 @@ def test_a_pipeline_fitted_without_column_names_gets_its_sample_without_the_save
     card = card_of(tmp_path / "models")
     assert [feature["name"] for feature in card["features"]] == ["a", "b"]
     assert card["metrics"]["data"]["left_out"] == {"Unnamed: 0": "its header is empty (a saved row index?)"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--drop", "x", "--numeric", "x"],
+            "Invalid value for --numeric: column 'x' is given to both --drop and --numeric",
+        ),
+        (["--categorical", "label"], "Invalid value for --categorical: column 'label' is the --target"),
+        (["--drop", "x", "--drop", "colour", "--drop", "y"], "no columns are left to learn from"),
+    ],
+    ids=["two-options", "the-target", "nothing-left"],
+)
+def test_contradictory_column_choices_are_refused_before_reading_rows(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    code, output = train(write(frame(), tmp_path / "data.csv"), tmp_path / "models", *options)
+    assert code == 2
+    assert message in output
+
+
+def test_a_pipeline_fitted_on_text_codes_gets_them_as_text_with_categorical(tmp_path: Path) -> None:
+    codes = pd.DataFrame({"code": np.resize(["007", "012", "031"], ROWS)})
+    model = Pipeline([("onehot", OneHotEncoder(handle_unknown="ignore")), ("regress", LinearRegression())])
+    model.fit(codes, codes["code"].map({"007": 1.0, "012": 2.0, "031": 5.0}))
+    joblib.dump(model, tmp_path / "model.joblib")
+    codes.to_csv(tmp_path / "sample.csv", index=False)
+    command = ["pipeline", str(tmp_path / "model.joblib"), "--sample", str(tmp_path / "sample.csv"), "--name", "m"]
+    code, output = invoke(*command, "--categorical", "code", "--out", str(tmp_path / "models"))
+    assert code == 0, output
+    feature = features_of(card_of(tmp_path / "models"))["code"]
+    assert (feature["kind"], feature["categories"]) == ("categorical", ["007", "012", "031"])
