@@ -12,8 +12,9 @@ import click
 
 from contract import Task
 from export.convert import UnconvertibleStepError
-from export.options import BACKGROUND_OPTION, OUT_OPTION, tolerance_options
+from export.options import BACKGROUND_OPTION, OUT_OPTION, column_options, tolerance_options
 from export.parity import ParityError, Tolerance
+from export.table import ColumnChoices, TableError
 from export.training import ESTIMATORS
 
 
@@ -79,6 +80,7 @@ def examples(model_dir: Path, only: tuple[str, ...]) -> None:
 )
 @click.option("--grid", is_flag=True, help="Run a small grid search over the estimator's main parameters.")
 @click.option("--test-size", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True, help="Held-out share.")
+@column_options
 @OUT_OPTION
 @BACKGROUND_OPTION
 @tolerance_options
@@ -96,30 +98,21 @@ def train(
     atol: float,
     rtol: float,
     max_label_mismatches: int,
+    columns: ColumnChoices,
 ) -> None:
     """Train on a CSV: impute, scale, one-hot encode, cross-validate, convert, verify, publish."""
-    import pandas as pd
     from sklearn.model_selection import train_test_split
 
-    from export.features import prepare_frame
     from export.publish import export_pipeline
-    from export.training import SEED, infer_task
+    from export.table import read_training_table
+    from export.training import SEED
     from export.training import train as train_pipeline
 
     progress = Progress()
-    frame = _read_csv(data)
-    if target not in frame.columns:
-        raise click.BadParameter(
-            f"column {target!r} is not in {data} (columns: {list(frame.columns)})", param_hint="--target"
-        )
-    labels = frame.pop(target)
-    if labels.isna().any():
-        progress(f"dropping {int(labels.isna().sum())} rows with no {target!r}")
-        frame, labels = frame[labels.notna()], labels[labels.notna()]
-    chosen = infer_task(labels) if task == "auto" else cast(Task, task)  # click.Choice allowed only these
-    if chosen == "classification":
-        labels = labels.map(str) if not pd.api.types.is_integer_dtype(labels) else labels
-    prepared = prepare_frame(frame)
+    chosen_task = None if task == "auto" else cast(Task, task)  # click.Choice allowed only these
+    with table_errors():
+        table, labels = read_training_table(data, target, columns, chosen_task, progress)
+    prepared, chosen = table.frame, table.task
     progress(f"{len(prepared)} rows, {prepared.shape[1]} features, task {chosen}")
     stratify = labels if chosen == "classification" and labels.value_counts().min() >= 2 else None
     train_x, test_x, train_y, test_y = train_test_split(
@@ -129,7 +122,7 @@ def train(
         result = train_pipeline(train_x, train_y, estimator, chosen, folds=folds, grid=grid, progress=progress)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    metrics = dict(result.metrics)
+    metrics = {**result.metrics, "data": table.record()}
     metrics["holdout"] = {"rows": len(test_x), "score": float(result.pipeline.score(test_x, test_y))}
     with refusals():
         published = export_pipeline(
@@ -164,6 +157,7 @@ def train(
     "--target", default=None, help="Target column in the sample, dropped from the inputs and used for a score."
 )
 @click.option("--name", required=True, help="Model name in the repository.")
+@column_options
 @OUT_OPTION
 @BACKGROUND_OPTION
 @tolerance_options
@@ -177,31 +171,26 @@ def pipeline(
     atol: float,
     rtol: float,
     max_label_mismatches: int,
+    columns: ColumnChoices,
 ) -> None:
     """Publish a pipeline you already trained (joblib). Load only files you trust: joblib runs pickles."""
     import joblib
     from sklearn.base import is_classifier
 
     from export.convert import with_column_inputs
-    from export.features import prepare_frame
     from export.publish import export_pipeline
+    from export.table import read_sample_table
 
     progress = Progress()
     fitted = joblib.load(model)
-    frame = _read_csv(sample)
-    labels = frame.pop(target) if target else None
-    expected = getattr(fitted, "feature_names_in_", None)
-    if expected is not None:
-        missing = [column for column in expected if column not in frame.columns]
-        if missing:
-            raise click.BadParameter(
-                f"the sample lacks columns the pipeline was fitted on: {missing}", param_hint="--sample"
-            )
-        frame = frame[list(expected)]
-    prepared = prepare_frame(frame)
-    fitted = with_column_inputs(fitted, prepared)
     task: Task = "classification" if is_classifier(fitted) else "regression"
-    metrics: dict[str, Any] = {}
+    fitted_columns = getattr(fitted, "feature_names_in_", None)
+    expected = None if fitted_columns is None else [str(name) for name in fitted_columns]
+    with table_errors():
+        table, labels = read_sample_table(sample, columns, target, task, expected, progress)
+    prepared = table.frame
+    fitted = with_column_inputs(fitted, prepared)
+    metrics: dict[str, Any] = {"data": table.record()}
     if labels is not None:
         metrics["sample"] = {"rows": len(prepared), "score": float(fitted.score(prepared, labels))}
     with refusals():
@@ -225,16 +214,15 @@ def pipeline(
     _summarise(published)
 
 
-def _read_csv(path: Path) -> Any:
-    import pandas as pd
-
+@contextlib.contextmanager
+def table_errors() -> Iterator[None]:
+    """A CSV or column choice that cannot be used is a usage error, pinned on the option to change when there is one."""
     try:
-        frame = pd.read_csv(path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"{path} is not a readable CSV: {exc}") from exc
-    if frame.empty:
-        raise click.BadParameter(f"{path} has no rows")
-    return frame
+        yield
+    except TableError as exc:
+        if exc.option:
+            raise click.BadParameter(str(exc), param_hint=exc.option) from exc
+        raise click.UsageError(str(exc)) from exc
 
 
 @contextlib.contextmanager

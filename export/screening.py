@@ -1,0 +1,95 @@
+"""Screening a CSV's columns for what cannot be a feature as read: a saved row index, an ID or free text,
+dates, numbers mixed with text.
+
+Each check answers why (a reason or the advice a refusal gives), or None; export/table.py decides
+what to do with it (leave the column out, refuse it) and never asks about a column the user typed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+# Fewer rows than this tell nothing about a column's values being unique or counting rows.
+MIN_ROWS_TO_JUDGE = 20
+# A string column with more distinct values than this share names rows instead of grouping them: an ID, free text.
+MAX_DISTINCT_SHARE = 0.9
+# "Mostly dates": this share of the distinct values has a date's shape and parses as one.
+DATE_SHARE = 0.8
+MAX_DATE_CHECKS = 500
+"""Distinct values parsed when looking for dates: enough to judge, cheap on any file."""
+# Dates as people write them, with a year: 2024-03-01, 1/3/2024, 01.03.24, Mar 1 2024, 1 March 2024.
+# A bare month name or number is not a date: a "month" column of "March" is a category.
+DATE_SHAPE = re.compile(
+    r"\d{4}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|[A-Za-z]{3,9}\.? \d{1,2},? \d{4}|\d{1,2} [A-Za-z]{3,9}\.? \d{4}"
+)
+# pandas names a column whose header is empty "Unnamed: <position>": in practice a saved row index.
+UNNAMED = re.compile(r"Unnamed: \d+")
+MAX_QUOTED = 3
+"""Example values quoted in a message."""
+
+
+def row_index_reason(column: pd.Series, counting: bool) -> str | None:
+    """Why `column` looks like a saved row index: no header, or (`counting`) integers counting the rows in order."""
+    if UNNAMED.fullmatch(str(column.name)):
+        return "its header is empty (a saved row index?)"
+    rows = len(column)
+    if not counting or rows < MIN_ROWS_TO_JUDGE or not pd.api.types.is_integer_dtype(column):
+        return None
+    first = int(column.iloc[0])
+    if first in (0, 1) and (column.to_numpy() == np.arange(first, first + rows)).all():
+        return f"it counts the rows, {first} to {first + rows - 1} in order (a saved row index)"
+    return None
+
+
+def mixed_refusal(column: pd.Series, keep: str) -> str | None:
+    """Mostly numbers plus some text (an R file's "NA", a "?"): neither reading is safe to guess.
+
+    `keep` is the advice for reading every value as text.
+    """
+    present = column.dropna()
+    parsed = pd.to_numeric(present, errors="coerce")
+    if not len(present) or parsed.notna().sum() <= len(present) / 2:
+        return None
+    text = present[parsed.isna()].value_counts().head(MAX_QUOTED)
+    if text.empty:  # numbers only (read as numbers already, or as text by --categorical)
+        return None
+    quoted = ", ".join(f"{value!r} in {count} rows" for value, count in text.items())
+    return (
+        f"holds numbers and text ({quoted}): --na-values {','.join(map(str, text.index))} reads the text as missing, "
+        + keep
+    )
+
+
+def date_refusal(column: pd.Series) -> str | None:
+    """Dates (most distinct values have a date's shape and parse as one): the advice, or None."""
+    distinct = pd.Series(column.dropna().astype(str).unique()[:MAX_DATE_CHECKS])
+    shaped = distinct[distinct.str.contains(DATE_SHAPE)]
+    if not len(distinct) or len(shaped) < DATE_SHARE * len(distinct):
+        return None
+    parsed = pd.to_datetime(shaped, errors="coerce", format="mixed")
+    if parsed.notna().sum() < DATE_SHARE * len(distinct):
+        return None
+    return (
+        f"looks like dates (e.g. {quote(shaped)}): derive numeric parts (year, month, day of week) as new "
+        f"columns, or leave it out with --drop {column.name} (--categorical {column.name} keeps each date a category)"
+    )
+
+
+def id_refusal(column: pd.Series) -> str | None:
+    """An ID or free text (almost every value distinct): the advice, or None."""
+    present = column.dropna()
+    distinct = present.nunique()
+    if len(present) < MIN_ROWS_TO_JUDGE or distinct <= MAX_DISTINCT_SHARE * len(present):
+        return None
+    return (
+        f"looks like an ID or free text ({distinct} of {len(present)} values distinct, e.g. {quote(present)}): "
+        f"leave it out with --drop {column.name} (--categorical {column.name} keeps it as categories)"
+    )
+
+
+def quote(values: pd.Series) -> str:
+    """The first MAX_QUOTED values, quoted, for a message."""
+    return ", ".join(repr(str(value)) for value in values.iloc[:MAX_QUOTED])
