@@ -48,6 +48,7 @@ def shapes(operator: Any) -> None:
 
 def convert(scope: Any, operator: Any, container: Any) -> None:
     """Concatenate the inputs, then apply the function's ops in turn."""
+    from onnx import TensorProto
     from skl2onnx.common._apply_operation import apply_concat, apply_identity
     from skl2onnx.common.data_types import guess_numpy_type
 
@@ -58,7 +59,13 @@ def convert(scope: Any, operator: Any, container: Any) -> None:
         current = scope.get_unique_variable_name("concatenated")
         apply_concat(scope, [variable.full_name for variable in operator.inputs], current, container, axis=1)
     dtype = guess_numpy_type(operator.inputs[0].type)
-    for step in FUNCTIONS.get(transformer.func, ()):
+    steps = FUNCTIONS.get(transformer.func, ())
+    if steps and dtype == np.float32:
+        # numpy's float32 functions are (nearly) correctly rounded; float32 ONNX ops are not (log(1 + x)
+        # loses low bits), and one ulp moves a row across a tree's threshold. Double, then round once.
+        current = _cast(scope, container, current, TensorProto.DOUBLE)
+        dtype = np.float64
+    for step in steps:
         result = scope.get_unique_variable_name("function")
         if isinstance(step, tuple):
             op_type, constant = step
@@ -68,7 +75,15 @@ def convert(scope: Any, operator: Any, container: Any) -> None:
         else:
             container.add_node(step, current, result, name=scope.get_unique_operator_name(step))
         current = result
+    if dtype != guess_numpy_type(operator.inputs[0].type):
+        current = _cast(scope, container, current, TensorProto.FLOAT)
     apply_identity(scope, current, operator.outputs[0].full_name, container)
+
+
+def _cast(scope: Any, container: Any, source: str, to: int) -> str:
+    result: str = scope.get_unique_variable_name("cast")
+    container.add_node("Cast", source, result, to=to, name=scope.get_unique_operator_name("Cast"))
+    return result
 
 
 def _onnx_type(dtype: Any) -> int:

@@ -103,8 +103,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# ai.onnx.ml opset 3's double-precision twins of the tree ensembles' float attributes.
+AS_TENSOR = ("nodes_values", "nodes_hitrates", "class_weights", "target_weights", "base_values")
+
+
+def _as_tensors(convert: Any) -> Any:
+    """The converter's double arrays written as *_as_tensor attributes (its own add_node rounds them to float)."""
+
+    def converter(scope: Any, operator: Any, container: Any, **kwargs: Any) -> None:
+        convert(scope, operator, _DoubleAttributeContainer(container), **kwargs)
+
+    return converter
+
+
+class _DoubleAttributeContainer(_PlainIntContainer):
+    def add_node(self, *args: Any, **attributes: Any) -> Any:
+        from onnx import numpy_helper
+
+        for key in AS_TENSOR:
+            value = attributes.get(key)
+            if isinstance(value, np.ndarray) and value.dtype == np.float64:
+                attributes[f"{key}_as_tensor"] = numpy_helper.from_array(attributes.pop(key), f"{key}_as_tensor")
+        return super().add_node(*args, **attributes)
+
+
 def _double_trees() -> dict[type, Converter]:
-    return {kind: _in_double(_plain_ints(_stock(kind))) for kind in DOUBLE_TREES}
+    return {kind: _in_double(_as_tensors(_stock(kind))) for kind in DOUBLE_TREES}
 
 
 def _in_double(convert: Any) -> Converter:
@@ -122,20 +146,51 @@ def _in_double(convert: Any) -> Converter:
             to=onnx_proto.TensorProto.DOUBLE,
             name=scope.get_unique_operator_name("CastToDouble"),
         )
-        # skl2onnx's Operator refuses to have an input replaced; the converter only reads these two.
+        classifier = hasattr(operator.raw_operator, "classes_") and len(operator.outputs) == 2
+        outputs = list(operator.outputs)
+        if classifier:
+            # ONNX Runtime picks its label from the double sums but breaks an exact tie its own way (the
+            # second class of a binary forest at 0.5 / 0.5); scikit-learn takes the first largest
+            # probability. So the label is recomputed from the probabilities: ArgMax keeps the first.
+            outputs[0] = scope.declare_local_variable("tree_label", operator.outputs[0].type.__class__())
+        # skl2onnx's Operator refuses to have an input replaced; the converter only reads these.
         # op_version 3: the ai.onnx.ml opset whose *_as_tensor attributes hold double thresholds and weights.
-        convert(scope, _WithInput(operator, double), container, op_version=3)
+        convert(scope, _Rewired(operator, [double, *operator.inputs[1:]], outputs), container, op_version=3)
+        if classifier:
+            _first_largest_label(scope, operator, container)
 
     return converter
 
 
-class _WithInput:
-    """An operator seen through a different first input (everything else is the original's)."""
+def _first_largest_label(scope: Any, operator: Any, container: Any) -> None:
+    """label = classes_[argmax(probabilities)], the first class on a tie (as scikit-learn's predict)."""
+    from onnx import TensorProto
 
-    def __init__(self, operator: Any, source: Any) -> None:
+    classes = np.asarray(operator.raw_operator.classes_)
+    name = scope.get_unique_variable_name("classes")
+    if classes.dtype.kind in "OUS":
+        container.add_initializer(name, TensorProto.STRING, [len(classes)], [str(c) for c in classes])
+    else:
+        container.add_initializer(name, TensorProto.INT64, [len(classes)], classes.astype(np.int64).tolist())
+    index = scope.get_unique_variable_name("first_largest")
+    container.add_node(
+        "ArgMax", operator.outputs[1].full_name, index, axis=1, keepdims=0, select_last_index=0,
+        name=scope.get_unique_operator_name("ArgMax"), op_version=12,
+    )  # fmt: skip
+    container.add_node(
+        "Gather", [name, index], operator.outputs[0].full_name, axis=0, name=scope.get_unique_operator_name("Gather")
+    )
+
+
+class _Rewired:
+    """An operator seen with other input and output variables (everything else is the original's)."""
+
+    def __init__(self, operator: Any, inputs: list[Any], outputs: list[Any]) -> None:
         self._operator = operator
-        self.inputs = [source, *operator.inputs[1:]]
-        self.input_full_names = [variable.full_name for variable in self.inputs]
+        self.inputs = inputs
+        self.outputs = outputs
+        self.input_full_names = [variable.full_name for variable in inputs]
+        self.output_full_names = [variable.full_name for variable in outputs]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._operator, name)

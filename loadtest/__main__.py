@@ -181,5 +181,15 @@ def quality_bench(model_dir: Path, example: str, connections: int, reps: int, du
     click.echo(summary(run(model_dir, example, connections, reps, duration_s)))
 
 
+@cli.command("fidelity-bench")
+@click.option("--connections", type=click.IntRange(1, 1024), default=64, show_default=True)
+@click.option("--duration", "duration_s", type=click.IntRange(1, 120), default=3, show_default=True)
+def fidelity_bench(connections: int, duration_s: int) -> None:
+    """Per estimator family: conversion time, file size and rows/s at each precision, and served throughput."""
+    from loadtest.fidelity_bench import run, summary
+
+    click.echo(summary(run(connections, duration_s)))
+
+
 if __name__ == "__main__":
     cli(prog_name="python -m loadtest")
