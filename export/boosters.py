@@ -88,18 +88,30 @@ def register_boosters() -> bool:
     )
     from xgboost import XGBClassifier, XGBRegressor
 
+    def convert_xgboost_by_position(scope: Any, operator: Any, container: Any) -> None:
+        # onnxmltools reads splits as "f<index>"; a booster fitted on a DataFrame names them after its
+        # columns instead ("Unable to interpret 'age'"). Without names the dump says f0, f1, ... in column
+        # order, which is what the converter's input holds: drop them for the conversion only.
+        booster = operator.raw_operator.get_booster()
+        names = booster.feature_names
+        booster.feature_names = None
+        try:
+            convert_xgboost(scope, operator, container)
+        finally:
+            booster.feature_names = names
+
     classifier_options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
     for kind, alias, converter in (
         (LGBMClassifier, "LightGbmLGBMClassifier", convert_lightgbm),
-        (XGBClassifier, "XGBoostXGBClassifier", convert_xgboost),
-        (xgb_label_classifier(), "TabserveXGBLabelClassifier", convert_xgboost),
+        (XGBClassifier, "XGBoostXGBClassifier", convert_xgboost_by_position),
+        (xgb_label_classifier(), "TabserveXGBLabelClassifier", convert_xgboost_by_position),
     ):
         update_registered_converter(
             kind, alias, calculate_linear_classifier_output_shapes, converter, options=classifier_options
         )
     for kind, alias, converter in (
         (LGBMRegressor, "LightGbmLGBMRegressor", convert_lightgbm),
-        (XGBRegressor, "XGBoostXGBRegressor", convert_xgboost),
+        (XGBRegressor, "XGBoostXGBRegressor", convert_xgboost_by_position),
     ):
         update_registered_converter(kind, alias, calculate_linear_regressor_output_shapes, converter)
     return True

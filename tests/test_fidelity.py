@@ -186,3 +186,27 @@ def test_user_pipeline_with_a_numpy_function_transformer_publishes(function: Any
     ).fit(numbers, labels)
     card = publish_user_pipeline(model, numbers, labels, tmp_path)
     assert card["parity"]["passed"] and card["parity"]["precision"] == "float32"
+
+
+def _lightgbm_classifier() -> Any:
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(n_estimators=30, verbose=-1, random_state=0)
+
+
+def _xgboost_classifier() -> Any:
+    from xgboost import XGBClassifier
+
+    return XGBClassifier(n_estimators=30, random_state=0)
+
+
+@pytest.mark.parametrize("booster", [_lightgbm_classifier, _xgboost_classifier], ids=["lightgbm", "xgboost"])
+def test_user_pipeline_with_a_stock_booster_publishes(booster: Any, tmp_path: Path) -> None:
+    frame, labels = mixed_table("binary", rows=300)
+    numbers = prepare_frame(frame[["edge", "age", "income", "score", "rating"]])
+    targets = pd.Series((labels == "yes").astype(np.int64), name="y")  # stock XGBClassifier wants 0..k-1
+    card = publish_user_pipeline(booster().fit(numbers, targets), numbers, targets, tmp_path)
+    assert card["parity"]["passed"] and card["classes"] == [0, 1]
+    # The adjacent float32 pairs in "edge" break LightGBM's rounded thresholds; XGBoost compares in float32.
+    expected = "float64-trees" if booster is _lightgbm_classifier else "float32"
+    assert card["parity"]["precision"] == expected
