@@ -3,7 +3,9 @@
 Each family is trained on the synthetic mixed table (loadtest/synthetic.py) and converted at every
 precision (export/precision.py), whether or not the gate would pick it, so float32 and float64-trees sit
 side by side. The precision the exporter chooses is then published and served (server on core 0, wrk
-on core 1): 1-row V2 JSON at `connections` connections.
+on core 1): 1-row V2 JSON at `connections` connections, each family's run followed at once by one of
+the linear regression, so that `vs linear` is a ratio measured in the same minute (absolute figures move
+with this machine's steal; the ratio holds).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from loadtest.synthetic import mixed_table
 from loadtest.wrk import find_wrk, run_wrk
 
 FAMILIES = ("linear", "logistic", "tree", "forest", "gbm", "hgb", "mlp", "lgbm", "xgb")
+REFERENCE = "linear-regression"
+"""The served model every other one is measured against, right after it."""
 
 
 @dataclass(frozen=True)
@@ -128,12 +132,14 @@ def _serve(model_dir: Path, results: list[dict[str, Any]], connections: int, dur
 def summary(results: list[dict[str, Any]]) -> str:
     lines = [
         "| family | task | chosen | precision | convert s | file KiB | in-process rows/s (1000-row batches) "
-        "| passes the gate | served 1-row req/s |",
+        "| passes the gate | served 1-row req/s (vs linear) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
         for name, figures in row["precisions"].items():
-            served = f"{row['served_requests_per_s']:,.0f}" if name == row["chosen"] else ""
+            served = (
+                f"{row['served_requests_per_s']:,.0f} ({row['served_vs_linear']:.2f}x)" if name == row["chosen"] else ""
+            )
             lines.append(
                 f"| {row['family']} | {row['task']} | {row['chosen']} | {name} | {figures['convert_s']:.2f} "
                 f"| {figures['bytes'] / 1024:,.0f} | {figures['rows_per_s']:,.0f} | {figures['passes']} | {served} |"

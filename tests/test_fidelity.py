@@ -210,3 +210,19 @@ def test_user_pipeline_with_a_stock_booster_publishes(booster: Any, tmp_path: Pa
     # The adjacent float32 pairs in "edge" break LightGBM's rounded thresholds; XGBoost compares in float32.
     expected = "float64-trees" if booster is _lightgbm_classifier else "float32"
     assert card["parity"]["precision"] == expected
+
+
+@pytest.mark.parametrize("estimator", ["lgbm", "xgb"])
+def test_train_cli_grid_searches_the_boosters_on_a_csv(estimator: str, tmp_path: Path) -> None:
+    frame, labels = mixed_table("multiclass", rows=240)
+    frame.assign(y=labels).to_csv(tmp_path / "table.csv", index=False)
+    result = CliRunner().invoke(
+        cli,
+        ["train", str(tmp_path / "table.csv"), "--target", "y", "--estimator", estimator, "--grid", "--folds", "2",
+         "--name", "boosted", "--out", str(tmp_path / "models")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    card = read_card(tmp_path / "models", "boosted")
+    assert card["search"]["candidates"] == 4 and card["parity"]["passed"]
+    assert sorted(card["classes"]) == ["high", "low", "mid"]
+    assert set(card["search"]["best_params"]) > {"model"}
