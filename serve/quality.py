@@ -9,9 +9,9 @@ Counting costs the hot path one list append per batch: batches wait in `pending`
 together, vectorised, once FLUSH_ROWS rows or FLUSH_BATCHES batches have gathered, when someone reads
 the figures, and at least every second (serve/app.py), since a numpy call costs about a microsecond
 whatever its size and a one-row batch has a column per input. What it still costs, measured side by
-side (python -m loadtest quality-bench): about 5 % of one-row requests and 8 % of 100-row ones on the
-penguins example, most of it looking up each category string (docs/benchmarks.md). No HTTP here;
-serve/drift.py exports the figures.
+side (python -m loadtest quality-bench): 2.4-4.6 % of one-row requests and 8 % of 100-row ones on the
+penguins example, most of it hashing each category string, a new object in every request (~100 ns a
+value here: docs/benchmarks.md). No HTTP here; serve/drift.py exports the figures.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class Tally:
             strings = (values if values.dtype == object else values.astype(str)).tolist()
             # map() over a dict's __getitem__ runs in C (a generator expression cost 0.24 us a value), on a list
             # (iterating an array makes a scalar per value) into intp (bincount's own type: no cast). What is
-            # left is hashing each value, a new string in every request: 102 against 118 ns a value, measured.
+            # left is hashing each value, a new string in every request: 102 against 112-118 ns a value, measured.
             slot = np.fromiter(map(self._lookup.__getitem__, strings), np.intp, len(strings))
         else:
             numbers = values if values.dtype in self._cuts else values.astype(np.float64)
@@ -278,7 +278,8 @@ def _joined(columns: list[Any], kind: str) -> npt.NDArray[Any]:
 
 
 class _Slots(dict[Any, int]):
-    """Category -> slot; anything else (an unseen category, None) is the unseen slot, without a Python call."""
+    """Category -> slot; anything else (an unseen category, None) is the unseen slot: found values cost no
+    Python call, only missing ones call __missing__."""
 
     unseen = 0
 
