@@ -43,7 +43,7 @@ image: system
 	./scripts/image.sh
 
 bench: $(STAMP) system $(MODELS)/.examples
-	$(BIN)/python -m loadtest bench --model-dir $(MODELS)
+	$(BIN)/python -m loadtest bench --model-dir $(MODELS) --readme README.md
 
 clean:
 	rm -rf $(VENV) $(MODELS)

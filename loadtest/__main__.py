@@ -135,14 +135,30 @@ def run(scenario: str, budgets: Path, host: str | None, serve_dir: Path | None, 
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("loadtest-results/bench"), show_default=True
 )
-def bench(model_dir: Path, example: str, loads: str, reps: int, duration_s: int, out: Path) -> None:
-    """tabserve (batching on/off) vs a bare Starlette endpoint vs Flask + scikit-learn vs raw onnxruntime."""
+@click.option(
+    "--readme", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="Write the run's targets table into this README's benchmark summary (between its bench markers).",
+)  # fmt: skip
+def bench(
+    model_dir: Path, example: str, loads: str, reps: int, duration_s: int, out: Path, readme: Path | None
+) -> None:
+    """tabserve (batching on/off) vs a bare Starlette endpoint (twice: its A/A) vs Flask + scikit-learn vs raw
+    onnxruntime; exit 1 when a target (loadtest/targets.py) is missed by more than the A/A noise."""
     from loadtest.bench import run_benchmark
-    from loadtest.report import markdown
+    from loadtest.report import markdown, readme_summary, replace_block
 
     report = run_benchmark(model_dir, example, [int(load) for load in loads.split(",")], reps, duration_s, out)
     click.echo(markdown(report))
     click.echo(f"written: {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    if readme is not None:
+        readme.write_text(replace_block(readme.read_text(), readme_summary(report)))
+        click.echo(f"written: the benchmark summary in {readme}")
+    missed = [item for item in report["targets"] if item["verdict"] == "MISSED"]
+    if missed:
+        for item in missed:
+            click.echo(f"target missed: {item['target']} {item['direction']} {item['bound']:g}: measured "
+                       f"{item['value']:.3f}, beyond the A/A noise ({item['noise']:.3f})", err=True)  # fmt: skip
+        raise click.exceptions.Exit(1)
 
 
 @cli.command("explain-bench")
@@ -176,9 +192,15 @@ def explain_bench(model_dir: Path, reps: int, duration_s: int, out: Path) -> Non
 @click.option("--duration", "duration_s", type=click.IntRange(1, 120), default=5, show_default=True)
 def quality_bench(model_dir: Path, example: str, connections: int, reps: int, duration_s: int) -> None:
     """Input monitoring on against off, side by side, with an A/A twin: what counting costs."""
-    from loadtest.quality_bench import run, summary
+    from loadtest.quality_bench import judged, run, summary
+    from loadtest.targets import failed
 
-    click.echo(summary(run(model_dir, example, connections, reps, duration_s)))
+    report = run(model_dir, example, connections, reps, duration_s)
+    click.echo(summary(report))
+    missed = failed(judged(report))
+    if missed:
+        click.echo(f"{len(missed)} target(s) missed by more than the A/A noise", err=True)
+        raise click.exceptions.Exit(1)
 
 
 @cli.command("fidelity-bench")

@@ -66,7 +66,9 @@ def systems(model_dir: Path, example: str, rep: int = 0) -> Iterator[dict[str, t
 
         for name, extra in rotated(list(TABSERVE_VARIANTS.items()), rep):
             start(name, lambda port: tabserve_command(model_dir, port, "--log-level", "warning"), {**env, **extra})
-        start("bare", lambda port: [sys.executable, "-m", "loadtest.bare", "--port", str(port)], env)
+        # The bare endpoint twice: bare against its twin is the A/A control of every ratio to bare.
+        for name in rotated(["bare", "bare-twin"], rep):
+            start(name, lambda port: [sys.executable, "-m", "loadtest.bare", "--port", str(port)], env)
         start("flask", lambda port: [sys.executable, "-m", "loadtest.flask_baseline", "--port", str(port),
                                      "--example", example], env)  # fmt: skip
         yield started
@@ -211,6 +213,7 @@ def run_benchmark(
     report = summarise(raw, duels, ceilings, generator)
     report["machine"] = machine()
     report["settings"] = {"example": example, "loads": loads, "reps": reps, "duration_s": duration_s}
+    report["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     (out / "bench.md").write_text(markdown(report))
     chart(report, out / "bench.png")

@@ -54,7 +54,7 @@ class Measurement:
 PAYLOADS: dict[str, tuple[int, bool]] = {"1-row json": (1, False), "100-row json": (100, False),
                                          "1-row binary": (1, True), "100-row binary": (100, True)}  # fmt: skip
 SYSTEMS_BY_PAYLOAD: dict[str, list[str]] = {
-    "1-row json": ["tabserve", "tabserve-nobatch", "bare", "flask"],
+    "1-row json": ["tabserve", "tabserve-nobatch", "bare", "bare-twin", "flask"],
     "100-row json": ["tabserve", "tabserve-nobatch", "bare", "flask"],
     "1-row binary": ["tabserve", "tabserve-nobatch"],
     "100-row binary": ["tabserve", "tabserve-nobatch"],

@@ -9,7 +9,6 @@ duel, the noise any on / off ratio carries. Fresh processes every repetition; wh
 from __future__ import annotations
 
 import contextlib
-import statistics
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,11 @@ from typing import Any
 from loadtest.bench import draw_payloads, measure, rotated
 from loadtest.processes import pinned, wait_idle
 from loadtest.servers import clean_env, free_port, server_process, tabserve_command
+from loadtest.targets import Judgement, judge, ratio_figure, table
 from loadtest.wrk import find_wrk
 
 VARIANTS = {"on": {}, "off": {"SERVE_QUALITY_MONITORING": "false"}, "twin": {}}
 PAYLOADS = ("1-row json", "100-row json")
-TARGET = 0.03
-"""Monitoring may cost at most 3 % (or the A/A noise, when that is larger)."""
 
 
 @contextlib.contextmanager
@@ -62,16 +60,17 @@ def run(model_dir: Path, example: str, connections: int, reps: int, duration_s: 
     return {"example": example, "connections": connections, "reps": reps, "duration_s": duration_s, "ratios": ratios}
 
 
+def judged(report: dict[str, Any]) -> list[Judgement]:
+    """On / off per payload against issue 19's targets (loadtest/targets.py), on / twin as the noise."""
+    figures = {
+        f"monitoring, {payload}, {report['connections']} conn: on / off per CPU-s": ratio_figure(found["off"],
+                                                                                                  found["twin"])
+        for payload, found in report["ratios"].items()
+    }  # fmt: skip
+    return judge(figures, "quality-bench")
+
+
 def summary(report: dict[str, Any]) -> str:
     lines = [f"input monitoring on / off, side by side at {report['connections']} connections "
-             f"({report['reps']} x {report['duration_s']} s, rows per CPU second; "
-             "target: cost <= 3 % or A/A noise)"]  # fmt: skip
-    for payload, found in report["ratios"].items():
-        off, twin = found["off"], found["twin"]
-        cost = 1 - statistics.median(off)
-        noise = max(abs(1 - value) for value in twin)
-        verdict = "met" if cost <= max(TARGET, noise) else "MISSED"
-        lines.append(f"  {payload:>12}: on/off median {statistics.median(off):.3f} (reps "
-                     f"{', '.join(f'{v:.3f}' for v in off)}); A/A on/twin {min(twin):.3f}-{max(twin):.3f}; "
-                     f"cost {cost:+.1%}: {verdict}")  # fmt: skip
-    return "\n".join(lines)
+             f"({report['reps']} x {report['duration_s']} s, rows per CPU second)", ""]  # fmt: skip
+    return "\n".join(lines) + table(judged(report))

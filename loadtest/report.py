@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.cells import VARIANTS, Cell
+from loadtest.targets import Figure, as_json, difference_figure, judge, ratio_figure, table
 
 
 def summarise(
@@ -53,22 +54,33 @@ def summarise(
     loads = sorted({cell["connections"] for cell in cells})
     top = max(loads)
     ratios = {
-        f"{top} conn 1-row json: tabserve / bare (>= 0.85)": median_of("1-row json", top, "tabserve", "requests_per_s")
-        / median_of("1-row json", top, "bare", "requests_per_s"),
-        f"{top} conn 1-row json: tabserve / flask (>= 50)": median_of("1-row json", top, "tabserve", "requests_per_s")
+        f"{top} conn 1-row json: tabserve / flask": median_of("1-row json", top, "tabserve", "requests_per_s")
         / median_of("1-row json", top, "flask", "requests_per_s"),
-        "1 conn 1-row json: p50 tabserve - bare, ms (<= 0.15)": median_of("1-row json", 1, "tabserve", "p50_ms")
-        - median_of("1-row json", 1, "bare", "p50_ms"),
     }
     # Each repetition's own figure too: a ratio of medians can hide how far single repetitions spread.
     ranges: dict[str, list[float]] = {
-        f"{top} conn 1-row json: tabserve / bare (>= 0.85)": paired("1-row json", top, "tabserve", "bare",
-                                                                    "requests_per_s"),
-        f"{top} conn 1-row json: tabserve / flask (>= 50)": paired("1-row json", top, "tabserve", "flask",
-                                                                   "requests_per_s"),
-        "1 conn 1-row json: p50 tabserve - bare, ms (<= 0.15)": paired("1-row json", 1, "tabserve", "bare",
-                                                                       "p50_ms", operator.sub),
-    }  # fmt: skip
+        f"{top} conn 1-row json: tabserve / flask": paired("1-row json", top, "tabserve", "flask", "requests_per_s"),
+    }
+    figures: dict[str, Figure] = {}
+    for connections in loads:
+        # The bare endpoint twice, one after the other like every single cell: the noise of a ratio to bare.
+        control = paired("1-row json", connections, "bare-twin", "bare", "requests_per_s")
+        figures[f"1-row json, {connections} conn: tabserve / bare req/s"] = ratio_figure(
+            paired("1-row json", connections, "tabserve", "bare", "requests_per_s"), control
+        )
+        if connections == top:
+            figures[f"1-row json, {connections} conn: tabserve / flask req/s"] = ratio_figure(
+                ranges[f"{top} conn 1-row json: tabserve / flask"], control
+            )
+            if generator.get("locust_processes_rps"):
+                figures["generator: locust 2 processes / 1 process against bare"] = ratio_figure(
+                    [generator["locust_processes_rps"] / generator["locust_rps"]], control
+                )
+    if 1 in loads:
+        figures["1-row json, 1 conn: p50 tabserve - bare, ms"] = difference_figure(
+            paired("1-row json", 1, "tabserve", "bare", "p50_ms", operator.sub),
+            paired("1-row json", 1, "bare-twin", "bare", "p50_ms", operator.sub),
+        )
     verdicts: dict[str, str] = {}
     for payload in ("100-row json", "100-row binary"):
         for connections in loads:
@@ -81,19 +93,27 @@ def summarise(
             twin = duels.get(Cell(payload, connections, "tabserve-twin").key, [])
             if not (batching and twin):
                 continue
-            name = f"{connections} conn {payload}: batching / no batching, side by side (>= 1)"
+            name = f"{connections} conn {payload}: batching / no batching, side by side"
             ratios[name], ranges[name] = statistics.median(batching), batching
-            control = f"{connections} conn {payload}: tabserve / its twin, side by side (A/A: the noise)"
-            ratios[control], ranges[control] = statistics.median(twin), twin
+            twin_name = f"{connections} conn {payload}: tabserve / its twin, side by side (A/A: the noise)"
+            ratios[twin_name], ranges[twin_name] = statistics.median(twin), twin
             verdicts[name] = verdict(batching, twin)
+            figures[f"{payload}, {connections} conn: batching / no batching, side by side"] = ratio_figure(
+                batching, twin
+            )
     binary_rows = median_of("100-row binary", top, "tabserve", "rows_per_s")
-    name = f"{top} conn 100-row binary: rows/s / in-process onnxruntime at 100 (>= 0.5)"
+    name = f"{top} conn 100-row binary: rows/s / in-process onnxruntime at 100"
     ratios[name] = binary_rows / ceiling["varied"][100]
     served = runs_of("100-row binary", top, "tabserve")
     ranges[name] = [run["rows_per_s"] / each["varied"][100] for run, each in zip(served, ceilings, strict=False)]
+    if ranges[name]:
+        figures[f"100-row binary, {top} conn: rows/s / in-process onnxruntime"] = ratio_figure(
+            ranges[name], duels.get(Cell("100-row binary", top, "tabserve-twin").key, [])
+        )
     ratios[f"{top} conn 100-row binary: rows/s / in-process onnxruntime, one batch repeated (flattered)"] = (
         binary_rows / ceiling["repeated"][100]
     )
+    judged = judge(figures, "bench")
     return {
         "cells": cells,
         "ratios": ratios,
@@ -101,6 +121,8 @@ def summarise(
         "verdicts": verdicts,
         "in_process_rows_per_s": ceiling,
         "generator": generator,
+        "targets": [as_json(judgement) for judgement in judged],
+        "targets_table": table(judged),
     }
 
 
@@ -135,7 +157,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{cell['rows_per_s']:.0f} | {cell['p50_ms']:.3f} | {cell['p99_ms']:.3f} | {cell['per_cpu_second']:.0f} | "
             f"{cell['errors']:.0f} |"
         )
-    lines += ["", "| ratio (target) | measured | each repetition |", "|---|---|---|"]
+    lines += ["", report["targets_table"].rstrip("\n")] if "targets_table" in report else []
+    lines += ["", "| ratio | measured | each repetition |", "|---|---|---|"]
     for name, value in report["ratios"].items():
         each = report.get("per_repetition", {}).get(name, [])
         lines.append(f"| {name} | {value:.3f} | {' '.join(f'{ratio:.3f}' for ratio in each)} |")
@@ -151,7 +174,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"One batch repeated, which the CPU's branch predictor learns: {ceiling['repeated'][1]:.0f} and "
         f"{ceiling['repeated'][100]:.0f} rows/s.",
         f"Load generator against the bare endpoint, 64 connections: wrk {generator['wrk_rps']:.0f} req/s, "
-        f"one locust process {generator['locust_rps']:.0f} req/s.",
+        f"one locust process {generator['locust_rps']:.0f} req/s"
+        + (
+            f", {generator['locust_processes']:.0f} locust processes {generator['locust_processes_rps']:.0f} req/s."
+            if generator.get("locust_processes_rps")
+            else "."
+        ),
     ]
     if "machine" in report:
         machine_info = report["machine"]
@@ -183,3 +211,29 @@ def chart(report: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+README_START = "<!-- bench:start: written by python -m loadtest bench --readme README.md -->"
+README_END = "<!-- bench:end -->"
+
+
+def readme_summary(report: dict[str, Any]) -> str:
+    """The README's benchmark summary: when, where, and the run's targets table (method and history: docs/)."""
+    settings = report.get("settings", {})
+    machine_info = report.get("machine", {})
+    when = report.get("date", "")
+    return (
+        f"Latest run{f' ({when})' if when else ''}: {settings.get('example', '?')} model, loads "
+        f"{', '.join(str(load) for load in settings.get('loads', []))} connections, {settings.get('reps', '?')} "
+        f"repetitions of {settings.get('duration_s', '?')} s, {machine_info.get('cores', '?')}-core "
+        f"{machine_info.get('cpu', '?')}, Python {machine_info.get('python', '?')}. A target missed by more than "
+        "the run's own A/A noise fails the bench.\n\n" + str(report["targets_table"])
+    )
+
+
+def replace_block(text: str, block: str) -> str:
+    """`text` with what lies between the bench markers replaced by `block`; ValueError when they are missing."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no benchmark block: expected {README_START!r} ... {README_END!r}")
+    return text[: start + len(README_START)] + "\n" + block.rstrip("\n") + "\n" + text[end:]

@@ -114,7 +114,7 @@ async def metrics(request: Request) -> Response:
     registry: Metrics = request.state.metrics
     repository = _repository(request)
     for entry in repository.entries():
-        entry.metrics.queue_depth.set(entry.batcher.depth)
+        entry.metrics.queue_depth(entry.batcher.depth)
     repository.publish_quality()  # count what is pending, so that a scrape sees every row answered before it
     return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)
 

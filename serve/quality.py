@@ -9,14 +9,13 @@ Counting costs the hot path one list append per batch: batches wait in `pending`
 together, vectorised, once FLUSH_ROWS rows or FLUSH_BATCHES batches have gathered, when someone reads
 the figures, and at least every second (serve/app.py), since a numpy call costs about a microsecond
 whatever its size and a one-row batch has a column per input. What it still costs, measured side by
-side (python -m loadtest quality-bench): about 5 % of one-row requests and 8 % of 100-row ones on the
-penguins example, most of it looking up each category string (docs/benchmarks.md). No HTTP here;
-serve/drift.py exports the figures.
+side (python -m loadtest quality-bench): 2.4-4.6 % of one-row requests and 8 % of 100-row ones on the
+penguins example, most of it hashing each category string, a new object in every request (~100 ns a
+value here: docs/benchmarks.md). No HTTP here; serve/drift.py exports the figures.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -29,9 +28,11 @@ import numpy.typing as npt
 from contract import ModelCard
 
 FLUSH_ROWS = 4096
-FLUSH_BATCHES = 64
-"""Pending batches are counted once either is reached: many rows amortise a count's fixed cost (~100 us for
-a model's columns); the batch bound keeps what a stream of one-row batches holds small."""
+FLUSH_BATCHES = 256
+"""Pending batches are counted once either is reached: many rows amortise a count's fixed cost (~35 us a
+column on this project's machine, ~10 numpy calls), and the batch bound keeps what a stream of one-row
+batches holds small (256 one-row feeds: a few hundred KB). At 64 the fixed cost was most of counting
+16-row batches: 0.97 against 0.68 us a row at 256, measured in process."""
 MIN_PSI_ROWS = 100
 """A window with fewer rows has no PSI: a handful of rows differ from any reference by chance."""
 PSI_FLOOR = 1e-4
@@ -99,14 +100,19 @@ class Tally:
             else:
                 cuts64 = cuts32 = inner
             # Edges and the range are float32 values (export), so float32 rows need no conversion to compare.
-            self._cuts = {np.dtype(np.float64): np.array(cuts64), np.dtype(np.float32): np.array(cuts32, np.float32)}
+            # A NaN last: searchsorted orders NaN after every number, so a missing value lands one past the
+            # last cut, the missing slot, with no isnan pass and no masked write (infinities are refused at
+            # parse, and a prediction's infinity stays above the range as before).
+            self._cuts = {np.dtype(np.float64): np.array([*cuts64, np.nan]),
+                          np.dtype(np.float32): np.array([*cuts32, np.nan], np.float32)}  # fmt: skip
             slots = len(cuts64) + 1
         self._missing = slots
         self.ring = np.full(self.window_rows, self._missing, dtype=np.int32)
         self._window = np.zeros(slots + 1, dtype=np.int64)
         self._window[self._missing] = self.window_rows
-        self._lookup = {category: index for index, category in enumerate(self.categories)}
+        self._lookup = _Slots({category: index for index, category in enumerate(self.categories)})
         self._lookup[""] = self._missing
+        self._lookup.unseen = len(self.categories)
 
     @property
     def labels(self) -> list[str]:
@@ -119,14 +125,14 @@ class Tally:
         values = column.reshape(-1)
         self.values += len(values)
         if self.kind == "categorical":
-            strings = values.astype(str) if values.dtype != object else values
-            # map() over dict.get runs in C: a generator expression here cost 0.24 us a value (profiled).
-            unseen = len(self.categories)
-            slot = np.fromiter(map(self._lookup.get, strings, itertools.repeat(unseen)), np.int32, len(strings))
+            strings = (values if values.dtype == object else values.astype(str)).tolist()
+            # map() over a dict's __getitem__ runs in C (a generator expression cost 0.24 us a value), on a list
+            # (iterating an array makes a scalar per value) into intp (bincount's own type: no cast). What is
+            # left is hashing each value, a new string in every request: 102 against 112-118 ns a value, measured.
+            slot = np.fromiter(map(self._lookup.__getitem__, strings), np.intp, len(strings))
         else:
             numbers = values if values.dtype in self._cuts else values.astype(np.float64)
-            slot = np.searchsorted(self._cuts[numbers.dtype], numbers, side="right").astype(np.int32)
-            slot[np.isnan(numbers)] = self._missing
+            slot = np.searchsorted(self._cuts[numbers.dtype], numbers, side="right")
         counted = np.bincount(slot, minlength=self._missing + 1)
         self.missing += int(counted[self._missing])
         if self.kind == "categorical":
@@ -148,7 +154,7 @@ class Tally:
         inner[-1] += counted[self._missing - 1]  # above it: the last bin
         return inner
 
-    def _remember(self, slot: npt.NDArray[np.int32], counted: npt.NDArray[np.int64]) -> None:
+    def _remember(self, slot: npt.NDArray[np.intp], counted: npt.NDArray[np.int64]) -> None:
         """Write `slot` into the ring, oldest rows first out, keeping the window's counts in step."""
         size = self._missing + 1
         if len(slot) >= self.window_rows:
@@ -257,11 +263,28 @@ def _joined(columns: list[Any], kind: str) -> npt.NDArray[Any]:
     Per part only a view is taken (ravel): converting each part on its own cost ~0.5 us a part and
     input, the larger share of counting a small batch (profiled at 1-5 rows per batch)."""
     dtype = np.float64 if kind == "numeric" else object
+    if all(isinstance(column, np.ndarray) for column in columns) and len({column.ndim for column in columns}) == 1:
+        # The batcher's columns: arrays of one layout, joined in one call and flattened once (a ravel per
+        # part cost ~0.3 us a part and column, most of counting a stream of one-row batches).
+        joined = np.concatenate(columns).reshape(-1)
+        if kind == "numeric" or joined.dtype == object:
+            return joined
+        return joined.astype(str).astype(object)
     parts = [column.ravel() if isinstance(column, np.ndarray) else np.asarray(column, dtype=dtype).ravel()
              for column in columns]  # fmt: skip
     if kind != "numeric":  # labels of an integer classifier are numbers; categories are matched as text
         parts = [part if part.dtype == object else part.astype(str).astype(object) for part in parts]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, dtype=None if kind == "numeric" else object)
+
+
+class _Slots(dict[Any, int]):
+    """Category -> slot; anything else (an unseen category, None) is the unseen slot: found values cost no
+    Python call, only missing ones call __missing__."""
+
+    unseen = 0
+
+    def __missing__(self, key: Any) -> int:
+        return self.unseen
 
 
 def _input_tally(name: str, feature: Any, reference: Any, window_rows: int) -> Tally:

@@ -34,3 +34,41 @@ def test_request_tallies_expose_what_prometheus_client_would() -> None:
     expected = request_lines(generate_latest(reference))
     assert len(expected) == 3 * (3 + len(LATENCY_BUCKETS) + 3)  # per label set: 3 statuses, buckets + Inf, count, sum
     assert request_lines(metrics.exposition()) == expected
+
+
+def test_batch_tallies_expose_what_prometheus_client_would() -> None:
+    from prometheus_client import Gauge
+
+    from serve.batching import BatchRecord
+    from serve.metrics import BATCH_ROWS, INFERENCE_SECONDS, QUEUE_DEPTH, QUEUE_WAIT, ROW_BUCKETS
+
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    labels = ("model", "version")
+    wait = Counter(*QUEUE_WAIT, labels, registry=reference)
+    rows = Histogram(*BATCH_ROWS, labels, buckets=ROW_BUCKETS, registry=reference)
+    seconds = Histogram(*INFERENCE_SECONDS, labels, buckets=LATENCY_BUCKETS, registry=reference)
+    depth = Gauge(*QUEUE_DEPTH, labels, registry=reference)
+    # Every bucket edge exactly (le is inclusive), between them and beyond the last, for two versions.
+    batches = [(count, int(bound * 1e9)) for count, bound in zip(ROW_BUCKETS, LATENCY_BUCKETS, strict=False)]
+    batches += [(3, 70_000), (20_000, 42_000_000_000), (1, 0)]
+    for version in (1, 2):
+        observe = metrics.for_model("penguins", version)
+        for index, (count, infer_ns) in enumerate(batches):
+            observe.batch(BatchRecord(1, count, "success", index * 1000, 10, infer_ns, 10, index))
+            rows.labels("penguins", str(version)).observe(count)
+            seconds.labels("penguins", str(version)).observe(infer_ns / 1e9)
+            wait.labels("penguins", str(version)).inc(index * 1000 / 1e9)
+        observe.queue_depth(7)
+        depth.labels("penguins", str(version)).set(7)
+    names = (QUEUE_WAIT[0], BATCH_ROWS[0], INFERENCE_SECONDS[0], QUEUE_DEPTH[0])
+
+    def lines(exposition: bytes) -> list[str]:
+        return sorted(line for line in exposition.decode().splitlines()
+                      if line.startswith(names) and "_created" not in line)  # fmt: skip
+
+    expected = lines(generate_latest(reference))
+    assert len(expected) == 2 * (
+        1 + (len(ROW_BUCKETS) + 3) + (len(LATENCY_BUCKETS) + 3) + 1
+    )  # buckets, +Inf, count, sum
+    assert lines(metrics.exposition()) == expected

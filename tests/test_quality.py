@@ -272,3 +272,36 @@ def test_the_alerting_rules_parse_and_name_only_metrics_and_labels_the_server_ex
                 assert grouped <= labelled[metric], (rule["alert"], grouped, labelled[metric])
     psi = re.search(r"tabserve_feature_psi\) > ([\d.]+)", group["rules"][alerts.index("TabserveFeatureDrift")]["expr"])
     assert psi and float(psi.group(1)) == 0.25, "the alert fires where /quality says alert"
+
+
+def test_a_tally_counts_like_a_value_by_value_reference_whatever_shape_its_parts_arrive_in() -> None:
+    """The vectorised paths (NaN as the last cut, one concatenation of the batcher's arrays, categories through a
+    dict with a default) against the binning rule applied to one value at a time."""
+    from serve.quality import Tally, _joined
+
+    generator = np.random.default_rng(7)
+    edges = np.array([2.0, 4.0, 6.0, 8.0], dtype=np.float32)
+    numeric = Tally("x", "numeric", 1.0, 9.0, (), edges.astype(np.float64), np.full(5, 0.2), window_rows=50)
+    values = generator.uniform(-2, 12, 300).astype(np.float32)
+    values[::7] = np.nan
+    values[5] = 9.0  # the range's ends are in range
+    values[6] = 1.0
+    parts: list[Any] = [values[:100].reshape(-1, 1), values[100:200].reshape(-1, 1)]
+    numeric.count(_joined(parts, "numeric"))
+    numeric.count(_joined([values[200:250].astype(np.float64).tolist(), values[250:].reshape(-1, 1)], "numeric"))
+    finite = values[~np.isnan(values)].astype(np.float64)
+    assert (numeric.values, numeric.missing) == (300, int(np.isnan(values).sum()))
+    assert (numeric.low, numeric.high) == (int((finite < 1.0).sum()), int((finite > 9.0).sum()))
+    want = Counter(min(max(find_bin(edges.tolist(), value), 0), 4) for value in finite.tolist())
+    assert numeric.bins.tolist() == [want[index] for index in range(5)]
+    recent = values[-50:]
+    recent_bins = Counter(find_bin(edges.tolist(), value) for value in recent[~np.isnan(recent)].astype(float).tolist())
+    assert numeric.window().tolist() == [recent_bins[index] for index in range(5)]
+
+    categorical = Tally("c", "categorical", None, None, ("a", "b"), None, None, window_rows=4)
+    categorical.count(_joined([np.array([["a"], ["b"]], dtype=object), np.array([["zz"], [""]], dtype=object)],
+                              "categorical"))  # fmt: skip
+    categorical.count(_joined([["a", None, "b"], np.array(["a", "q"])], "categorical"))
+    assert (categorical.values, categorical.missing, categorical.unseen) == (9, 1, 3)
+    assert categorical.bins.tolist() == [3, 2, 3]
+    assert categorical.window().tolist() == [1, 1, 2]  # the last 4: None (unseen), "b", "a", "q" (unseen)
