@@ -206,11 +206,12 @@ def quality_bench(model_dir: Path, example: str, connections: int, reps: int, du
 @cli.command("fidelity-bench")
 @click.option("--connections", type=click.IntRange(1, 1024), default=64, show_default=True)
 @click.option("--duration", "duration_s", type=click.IntRange(1, 120), default=3, show_default=True)
-def fidelity_bench(connections: int, duration_s: int) -> None:
+@click.option("--reps", type=click.IntRange(1, 20), default=3, show_default=True)
+def fidelity_bench(connections: int, duration_s: int, reps: int) -> None:
     """Per estimator family: conversion time, file size and rows/s at each precision, and served throughput."""
     from loadtest.fidelity_bench import run, summary
 
-    click.echo(summary(run(connections, duration_s)))
+    click.echo(summary(run(connections, duration_s, reps)))
 
 
 if __name__ == "__main__":

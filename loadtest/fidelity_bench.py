@@ -5,12 +5,13 @@ precision (export/precision.py), whether or not the gate would pick it, so float
 side by side. The precision the exporter chooses is then published and served (server on core 0, wrk
 on core 1): 1-row V2 JSON at `connections` connections, each family's run followed at once by one of
 the linear regression, so that `vs linear` is a ratio measured in the same minute (absolute figures move
-with this machine's steal; the ratio holds).
+with this machine's steal; the ratio holds), in `reps` whole rounds; medians.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ def in_process_rows_per_s(model_bytes: bytes, feed: dict[str, Any], seconds: flo
     return calls * rows / (time.perf_counter() - started)
 
 
-def run(connections: int, duration_s: int) -> list[dict[str, Any]]:
+def run(connections: int, duration_s: int, reps: int = 3) -> list[dict[str, Any]]:
     """Measure every family on a regression and a binary table; one result dict per (family, task)."""
     from sklearn.model_selection import train_test_split
 
@@ -99,7 +100,7 @@ def run(connections: int, duration_s: int) -> list[dict[str, Any]]:
             row["request"] = _one_row_request(published.card, test_x)
             results.append(row)
             print(f"{name}: chosen {row['chosen']}", flush=True)
-    _serve(model_dir, results, connections, duration_s)
+    _serve(model_dir, results, connections, duration_s, reps)
     return results
 
 
@@ -113,20 +114,33 @@ def _one_row_request(card: Any, rows: Any) -> bytes:
     return json.dumps({"inputs": inputs}).encode()
 
 
-def _serve(model_dir: Path, results: list[dict[str, Any]], connections: int, duration_s: int) -> None:
+def _serve(model_dir: Path, results: list[dict[str, Any]], connections: int, duration_s: int, reps: int) -> None:
     wrk = find_wrk()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = pinned(0, tabserve_command(model_dir, port, "--log-level", "warning"))
+    payloads = {
+        f"{row['family']}-{row['task']}": Payload(f"/v2/models/{row['family']}-{row['task']}/infer", row.pop("request"))
+        for row in results
+    }
+
+    def requests_per_s(name: str) -> float:
+        found = run_wrk(wrk, url, [payloads[name]], connections, duration_s)
+        if found["errors"] or found["non2xx"]:
+            raise RuntimeError(f"{name}: {found['errors']} errors, {found['non2xx']} non-2xx answers under wrk")
+        return float(found["requests"]) / (float(found["duration_us"]) / 1e6)
+
     with server_process(command, f"{url}/v2/health/ready", clean_env({"OMP_NUM_THREADS": "1"})):
+        requests_per_s(REFERENCE)  # warm-up
+        served: dict[str, list[tuple[float, float]]] = {name: [] for name in payloads}
+        for _ in range(reps):  # whole rounds, so that a slow minute touches every model once, not one model thrice
+            for name in payloads:
+                mine = requests_per_s(name)
+                served[name].append((mine, mine / requests_per_s(REFERENCE)))
         for row in results:
-            name = f"{row['family']}-{row['task']}"
-            found = run_wrk(
-                wrk, url, [Payload(f"/v2/models/{name}/infer", row.pop("request"))], connections, duration_s
-            )
-            if found["errors"] or found["non2xx"]:
-                raise RuntimeError(f"{name}: {found['errors']} errors, {found['non2xx']} non-2xx answers under wrk")
-            row["served_requests_per_s"] = found["requests"] / (found["duration_us"] / 1e6)
+            figures = served[f"{row['family']}-{row['task']}"]
+            row["served_requests_per_s"] = statistics.median(rate for rate, _ in figures)
+            row["served_vs_linear"] = statistics.median(ratio for _, ratio in figures)
 
 
 def summary(results: list[dict[str, Any]]) -> str:
