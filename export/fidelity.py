@@ -101,7 +101,8 @@ def _explain(
     edges = on_knife_edge(pipeline, row, tolerance)
     tried = ", ".join(attempt.precision.name for attempt in attempts)
     parts = [f"tried precisions {tried}, none agrees"]
-    parts.append(f"row {failing.worst_row}: " + ", ".join(f"{key}={value!r}" for key, value in row.iloc[0].items()))
+    values = ", ".join(f"{key}={_plain(value)!r}" for key, value in row.iloc[0].items())
+    parts.append(f"row {failing.worst_row}: {values}")
     parts.append(f"imputed (missing) in that row: {', '.join(imputed) or 'none'}")
     parts.append(
         "on a split threshold (a one-ulp nudge changes scikit-learn's answer): " + (", ".join(edges) or "none found")
@@ -140,6 +141,11 @@ def _same(left: npt.NDArray[Any], right: npt.NDArray[Any], tolerance: Tolerance)
     if left.dtype.kind in "fc":
         return bool(np.allclose(left, right, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True))
     return bool(np.array_equal(left.astype(str), right.astype(str)))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as the Python values they hold: 1.1 rather than np.float32(1.1)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _is_missing(value: Any) -> bool:

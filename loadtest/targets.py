@@ -81,24 +81,18 @@ TARGETS: tuple[Target, ...] = (
         "bench",
         "issue 21",
     ),  # fmt: skip
-    Target(
-        "monitoring, 1-row json, 64 conn: on / off per CPU-s",
-        0.97,
-        ">=",
-        "ratio",
-        "on / on twin",
-        "quality-bench",
-        "issue 19: cost <= 3 %",
-    ),  # fmt: skip
-    Target(
-        "monitoring, 100-row json, 64 conn: on / off per CPU-s",
-        0.97,
-        ">=",
-        "ratio",
-        "on / on twin",
-        "quality-bench",
-        "issue 19: cost <= 3 %",
-    ),  # fmt: skip
+    *(
+        Target(
+            f"monitoring, {rows} json, 64 conn: on / off per CPU-s",
+            0.97,
+            ">=",
+            "ratio",
+            "on / on twin",
+            "quality-bench",
+            "issue 19: cost <= 3 %",
+        )  # fmt: skip
+        for rows in ("1-row", "100-row")
+    ),
     Target(
         "2 workers / 1 worker: requests per server CPU-s", 0.95, ">=", "ratio", "none", "by hand (docs)", "issue 21"
     ),  # fmt: skip
