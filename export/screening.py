@@ -3,6 +3,7 @@ dates, numbers mixed with text.
 
 Each check answers why (a reason or the advice a refusal gives), or None; export/table.py decides
 what to do with it (leave the column out, refuse it) and never asks about a column the user typed.
+The target gets one check too: losing a class, or most of the file, to rows read as missing.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ DATE_SHAPE = re.compile(
 )
 # pandas names a column whose header is empty "Unnamed: <position>": in practice a saved row index.
 UNNAMED = re.compile(r"Unnamed: \d+")
+# Rows dropped for a missing target may be at most this share of the file. For a classifier, a group of
+# them of at least NOTICEABLE_TARGET_LOSS of the file that is as large as a class looks like a class read as
+# missing: for a marker the user listed (a class "None" and --na-values None), as large as the smallest class;
+# for empty fields, which are missing on purpose more often, larger than the largest class.
+MAX_TARGET_LOSS = 0.5
+NOTICEABLE_TARGET_LOSS = 0.1
 MAX_QUOTED = 3
 """Example values quoted in a message."""
 
@@ -93,3 +100,39 @@ def id_refusal(column: pd.Series) -> str | None:
 def quote(values: pd.Series) -> str:
     """The first MAX_QUOTED values, quoted, for a message."""
     return ", ".join(repr(str(value)) for value in values.iloc[:MAX_QUOTED])
+
+
+def target_loss_refusal(labels: pd.Series, target: str, without: dict[str, int], rows: int, task: str) -> str | None:
+    """Why losing these rows to missing targets is refused (a group as large as a class, or most of the file), or None.
+
+    The class check comes first: when both hold, it is the one that says what went wrong.
+    """
+    lost = sum(without.values())
+    classes = labels.value_counts().to_dict() if task == "classification" else {}
+    for marker, count in without.items():
+        if count < NOTICEABLE_TARGET_LOSS * rows or not classes:
+            continue
+        smallest, largest = min(classes, key=classes.__getitem__), max(classes, key=classes.__getitem__)
+        if marker and count >= classes[smallest]:
+            return (
+                f"{marker!r} marks {count} of {rows} rows of {target!r} as missing, as many as a class (smallest: "
+                f"{smallest!r}, {classes[smallest]} rows): if {marker!r} is a class, leave it out of "
+                "--na-values (by default only empty fields are missing)"
+            )
+        if not marker and count > classes[largest]:
+            return (
+                f"{count} of {rows} rows have an empty {target!r}, more than any class has (largest: "
+                f"{largest!r}, {classes[largest]} rows): if empty means a class, write its name in the file; "
+                "otherwise remove those rows"
+            )
+    if lost > MAX_TARGET_LOSS * rows:
+        return (
+            f"{lost} of {rows} rows have no {target!r} ({describe_markers(without)}): that is most of the file; "
+            "fill in the target or remove those rows (only empty fields and --na-values are missing)"
+        )
+    return None
+
+
+def describe_markers(without: dict[str, int]) -> str:
+    """{"": 3, "NA": 2} -> "empty: 3, 'NA': 2": how the missing targets were written."""
+    return ", ".join(f"{'empty' if token == '' else repr(token)}: {count}" for token, count in without.items())

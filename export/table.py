@@ -17,15 +17,16 @@ import pandas as pd
 
 from contract import Kind, Task
 from export.features import column_kind, prepare_frame
-from export.screening import MAX_QUOTED, date_refusal, id_refusal, mixed_refusal, row_index_reason
+from export.screening import (
+    MAX_QUOTED,
+    date_refusal,
+    describe_markers,
+    id_refusal,
+    mixed_refusal,
+    row_index_reason,
+    target_loss_refusal,
+)
 from export.training import infer_task
-
-# Rows dropped for a missing target may be at most this share of the file. For a classifier, a group of
-# them of at least NOTICEABLE_TARGET_LOSS of the file that is as large as a class looks like a class read as
-# missing: for a marker the user listed (a class "None" and --na-values None), as large as the smallest class;
-# for empty fields, which are missing on purpose more often, larger than the largest class.
-MAX_TARGET_LOSS = 0.5
-NOTICEABLE_TARGET_LOSS = 0.1
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def read_training_table(
         raise TableError(f"no columns are left to learn from: besides the target {target!r}, all were left out")
     frame, labels, without = _drop_missing_target(path, columns, frame, labels, target, choices, note)
     chosen = task or infer_task(labels)
-    _check_target_loss(labels, target, without, rows, chosen)
+    _refuse(target_loss_refusal(labels, target, without, rows, chosen))
     if chosen == "classification":
         labels = _class_labels(labels)
     prepared = _prepare(frame, choices, judge=True)
@@ -133,7 +134,7 @@ def read_sample_table(
     if target is not None:
         labels = frame.pop(target)
         frame, labels, without = _drop_missing_target(path, columns, frame, labels, target, choices, note)
-        _check_target_loss(labels, target, without, rows, task)
+        _refuse(target_loss_refusal(labels, target, without, rows, task))
     if expected is not None:
         missing = [name for name in expected if name not in frame.columns]
         if missing:
@@ -220,44 +221,14 @@ def _drop_missing_target(
         # Which marker each missing target was written as: a token like "None" may be a class in disguise.
         raw = pd.read_csv(path, usecols=[columns.index(target)], dtype=str, keep_default_na=False).iloc[:, 0]
         without = {str(token): int(count) for token, count in raw[missing.to_numpy()].value_counts().items()}
-    note(
-        f"dropping {int(missing.sum())} of {len(labels)} rows with no {target!r} (read as missing: {_as_read(without)})"
-    )
+    read_as = describe_markers(without)
+    note(f"dropping {int(missing.sum())} of {len(labels)} rows with no {target!r} (read as missing: {read_as})")
     return frame[~missing], labels[~missing], without
 
 
-def _check_target_loss(labels: pd.Series, target: str, without: dict[str, int], rows: int, task: Task) -> None:
-    """Refuse losing a group as large as a class, or most of the file, to missing targets.
-
-    The class check comes first: when both hold, it is the one that says what went wrong.
-    """
-    lost = sum(without.values())
-    classes = labels.value_counts().to_dict() if task == "classification" else {}
-    for marker, count in without.items():
-        if count < NOTICEABLE_TARGET_LOSS * rows or not classes:
-            continue
-        smallest, largest = min(classes, key=classes.__getitem__), max(classes, key=classes.__getitem__)
-        if marker and count >= classes[smallest]:
-            raise TableError(
-                f"{marker!r} marks {count} of {rows} rows of {target!r} as missing, as many as a class (smallest: "
-                f"{smallest!r}, {classes[smallest]} rows): if {marker!r} is a class, leave it out of "
-                "--na-values (by default only empty fields are missing)"
-            )
-        if not marker and count > classes[largest]:
-            raise TableError(
-                f"{count} of {rows} rows have an empty {target!r}, more than any class has (largest: "
-                f"{largest!r}, {classes[largest]} rows): if empty means a class, write its name in the file; "
-                "otherwise remove those rows"
-            )
-    if lost > MAX_TARGET_LOSS * rows:
-        raise TableError(
-            f"{lost} of {rows} rows have no {target!r} ({_as_read(without)}): that is most of the file; "
-            "fill in the target or remove those rows (only empty fields and --na-values are missing)"
-        )
-
-
-def _as_read(without: dict[str, int]) -> str:
-    return ", ".join(f"{'empty' if token == '' else repr(token)}: {count}" for token, count in without.items())
+def _refuse(message: str | None) -> None:
+    if message:
+        raise TableError(message)
 
 
 def _class_labels(labels: pd.Series) -> pd.Series:
