@@ -17,7 +17,8 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from serve.quality import MIN_PSI_ROWS, THRESHOLDS, QualityMonitor, Tally, status_of, window_psi
+from serve.psi import MIN_PSI_ROWS, THRESHOLDS, status_of, window_psi
+from serve.quality import QualityMonitor, Tally
 
 LABELS = ("model", "version", "feature")
 FEATURE_COUNTERS = {

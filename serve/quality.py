@@ -33,27 +33,7 @@ FLUSH_BATCHES = 256
 column on this project's machine, ~10 numpy calls), and the batch bound keeps what a stream of one-row
 batches holds small (256 one-row feeds: a few hundred KB). At 64 the fixed cost was most of counting
 16-row batches: 0.97 against 0.68 us a row at 256, measured in process."""
-MIN_PSI_ROWS = 100
-"""A window with fewer rows has no PSI: a handful of rows differ from any reference by chance."""
-PSI_FLOOR = 1e-4
-"""A share of 0 (a bin never seen in training, or not yet in the window) counts as this in the PSI."""
-Status = Literal["ok", "warn", "alert", "unknown"]
-THRESHOLDS: tuple[tuple[float, Status], ...] = ((0.25, "alert"), (0.1, "warn"))
-"""PSI at or above each, highest first; below them all, "ok". The usual credit-scoring thresholds."""
 UNSEEN = "(unseen)"
-
-
-def psi(actual: npt.NDArray[np.float64], expected: npt.NDArray[np.float64]) -> float:
-    """sum (a - e) ln(a / e) over bins, both as shares, each floored at PSI_FLOOR."""
-    a = np.maximum(actual, PSI_FLOOR)
-    e = np.maximum(expected, PSI_FLOOR)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def status_of(value: float | None) -> Status:
-    if value is None:
-        return "unknown"
-    return next((status for threshold, status in THRESHOLDS if value >= threshold), "ok")
 
 
 @dataclass
@@ -193,13 +173,6 @@ class Tally:
             else:
                 flags.append(None)
         return flags
-
-
-def window_psi(window: npt.NDArray[np.int64], expected: npt.NDArray[np.float64] | None) -> float | None:
-    rows = int(window.sum())
-    if expected is None or rows < MIN_PSI_ROWS:
-        return None
-    return psi(window / rows, expected)
 
 
 class QualityMonitor:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from serve.metrics import LATENCY_BUCKETS, REQUEST_SECONDS, REQUESTS, UNRESOLVED, Metrics
+from serve.metrics import UNRESOLVED, Metrics
+from serve.tallies import LATENCY_BUCKETS, REQUEST_SECONDS, REQUESTS
 
 # Every bucket edge exactly (le is inclusive), values between, beyond the last bound, and two statuses.
 OBSERVATIONS = [(200, bound) for bound in LATENCY_BUCKETS] + [(200, 0.00003), (200, 0.0007), (200, 42.0),
@@ -40,7 +41,7 @@ def test_batch_tallies_expose_what_prometheus_client_would() -> None:
     from prometheus_client import Gauge
 
     from serve.batching import BatchRecord
-    from serve.metrics import BATCH_ROWS, INFERENCE_SECONDS, QUEUE_DEPTH, QUEUE_WAIT, ROW_BUCKETS
+    from serve.tallies import BATCH_ROWS, INFERENCE_SECONDS, QUEUE_DEPTH, QUEUE_WAIT, ROW_BUCKETS
 
     metrics = Metrics()
     reference = CollectorRegistry()
