@@ -67,17 +67,20 @@ def convert_with_parity(
     """Try PRECISIONS in order; return the first that passes, or raise ParityError naming the row and why."""
     missing = accepts_missing(pipeline, training_frame, list(training_frame.columns))
     attempts: list[Attempt] = []
+    checked: tuple[list[Feature], pd.DataFrame, int] | None = None
     for precision in PRECISIONS:
         progress(f"converting with skl2onnx ({precision.name}: {precision.description})")
         model = convert_pipeline(pipeline, training_frame, precision)
-        features = describe_features(training_frame, missing, [value.name for value in model.graph.input])
-        edges = edge_rows(training_frame, features)
-        rows = pd.concat([check_frame.iloc[:max_rows], edges], ignore_index=True)
-        progress(f"parity check on {len(rows) - len(edges)} held-out rows and {len(edges)} edge rows")
-        report, expected = check_parity(pipeline, model.SerializeToString(), rows, tolerance, edges=len(edges))
+        if checked is None:  # every precision has the same inputs, so the same rows are checked
+            features = describe_features(training_frame, missing, [value.name for value in model.graph.input])
+            edges = edge_rows(training_frame, features)
+            checked = features, pd.concat([check_frame.iloc[:max_rows], edges], ignore_index=True), len(edges)
+            progress(f"parity check on {len(checked[1]) - len(edges)} held-out rows and {len(edges)} edge rows")
+        features, rows, edge_count = checked
+        report, expected = check_parity(pipeline, model.SerializeToString(), rows, tolerance, edges=edge_count)
         attempts.append(Attempt(precision, report))
         if report.passed:
-            return Converted(model, precision, report, tuple(attempts), features, rows, len(edges), expected)
+            return Converted(model, precision, report, tuple(attempts), features, rows, edge_count, expected)
         progress(f"{precision.name} refused: {report.problems[0]}")
     raise ParityError(report, _explain(pipeline, rows, report, features, tolerance, attempts))
 
