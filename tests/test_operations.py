@@ -345,10 +345,15 @@ def test_with_several_workers_unload_and_load_reach_every_worker(model_dir: Path
     repository = only_age_weight(model_dir, tmp_path / "models")
     env = {"SERVE_WORKERS": "2", "SERVE_ACCESS_LOG": "true", "SERVE_POLL_INTERVAL_S": "0"}
 
-    def infer_on_new_connections(url: str, count: int = 24) -> tuple[Counter[int], set[str]]:
+    def infer_on_new_connections(url: str, count: int = 24, limit: int = 400) -> tuple[Counter[int], set[str]]:
+        """At least `count` infers, each on a new connection, until both workers have answered (at most `limit`).
+
+        The kernel hands a new connection to whichever worker accepts first; a worker still busy applying a
+        load can miss 24 in a row (seen in full runs), which says nothing about the state it answers with.
+        """
         statuses: Counter[int] = Counter()
-        workers = set()  # a generated request id starts with the pid of the worker that answered
-        for _ in range(count):
+        workers: set[str] = set()  # a generated request id starts with the pid of the worker that answered
+        while sum(statuses.values()) < limit and (sum(statuses.values()) < count or len(workers) < 2):
             with httpx.Client() as client:
                 answer = client.post(f"{url}/v2/models/age-weight/infer", content=json.dumps(AGE))
             statuses[answer.status_code] += 1
@@ -361,19 +366,21 @@ def test_with_several_workers_unload_and_load_reach_every_worker(model_dir: Path
         unloaded = httpx.post(f"{url}/v2/repository/models/age-weight/unload", timeout=30)
         assert unloaded.status_code == 200, unloaded.text
         statuses, workers = infer_on_new_connections(url)
-        assert statuses == {404: 24} and len(workers) == 2, (statuses, workers)
+        assert set(statuses) == {404} and len(workers) == 2, (statuses, workers)
         loaded = httpx.post(f"{url}/v2/repository/models/age-weight/load", timeout=30)
         assert loaded.status_code == 200, loaded.text
         statuses, workers = infer_on_new_connections(url)
-        assert statuses == {200: 24} and len(workers) == 2, (statuses, workers)
+        assert set(statuses) == {200} and len(workers) == 2, (statuses, workers)
         unknown = httpx.post(f"{url}/v2/repository/models/nope/unload", timeout=30)
         assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
         # The repository RPCs over gRPC take the same path.
         client = tritonclient.grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         client.unload_model("age-weight")
-        assert infer_on_new_connections(url)[0] == {404: 24}
+        statuses, workers = infer_on_new_connections(url)
+        assert set(statuses) == {404} and len(workers) == 2, (statuses, workers)
         client.load_model("age-weight")
-        assert infer_on_new_connections(url)[0] == {200: 24}
+        statuses, workers = infer_on_new_connections(url)
+        assert set(statuses) == {200} and len(workers) == 2, (statuses, workers)
 
 
 def test_response_cache_hits_repeats_and_never_answers_for_another_version(model_dir: Path, tmp_path: Path) -> None:
