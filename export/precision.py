@@ -90,4 +90,3 @@ PRECISIONS: tuple[Precision, ...] = (
         _exact_trees,
     ),
 )
-BY_NAME: dict[str, Precision] = {precision.name: precision for precision in PRECISIONS}
