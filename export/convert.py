@@ -7,7 +7,7 @@ A records request `{"age": 35, "sex": "F"}` maps key by key, and a V2 client sen
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import onnx
@@ -18,6 +18,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from export.features import column_kind
+from export.lean import lean
 from export.precision import PRECISIONS, Precision
 
 # Pinned upper bounds (skl2onnx uses the lowest opset that each operator needs, up to these); the card
@@ -62,9 +63,13 @@ def with_column_inputs(pipeline: BaseEstimator, frame: pd.DataFrame) -> BaseEsti
 
 
 def convert_pipeline(
-    pipeline: BaseEstimator, frame: pd.DataFrame, precision: Precision = PRECISIONS[0]
+    pipeline: BaseEstimator,
+    frame: pd.DataFrame,
+    precision: Precision = PRECISIONS[0],
+    progress: Callable[[str], None] = lambda message: None,
 ) -> onnx.ModelProto:
-    """Convert with zipmap off (plain label + probabilities tensors), the pinned opsets and `precision`."""
+    """Convert with zipmap off (plain label + probabilities tensors), the pinned opsets and `precision`,
+    then lean (export/lean.py): what is published and gated is the lean graph."""
     from skl2onnx import convert_sklearn
 
     from export.boosters import register_boosters
@@ -85,7 +90,10 @@ def convert_pipeline(
     except Exception as exc:
         raise UnconvertibleStepError(_describe_failure(pipeline, exc)) from exc
     assert isinstance(model, onnx.ModelProto)
-    return model
+    leaned = lean(model)
+    if leaned.nodes_after < leaned.nodes_before:
+        progress(f"graph leaned from {leaned.nodes_before} to {leaned.nodes_after} nodes")
+    return leaned.model
 
 
 def _describe_failure(pipeline: BaseEstimator, exc: Exception) -> str:

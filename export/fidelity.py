@@ -70,7 +70,7 @@ def convert_with_parity(
     checked: tuple[list[Feature], pd.DataFrame, int] | None = None
     for precision in PRECISIONS:
         progress(f"converting with skl2onnx ({precision.name}: {precision.description})")
-        model = convert_pipeline(pipeline, training_frame, precision)
+        model = convert_pipeline(pipeline, training_frame, precision, progress)
         if checked is None:  # every precision has the same inputs, so the same rows are checked
             features = describe_features(training_frame, missing, [value.name for value in model.graph.input])
             edges = edge_rows(training_frame, features)
