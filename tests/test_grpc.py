@@ -210,8 +210,21 @@ def test_rest_and_grpc_requests_share_micro_batches_and_deadlines_are_kept(model
     with running_server(model_dir, env, "--grpc-port", str(port), log_path=log) as url:
         client = triton.InferenceServerClient(f"127.0.0.1:{port}")
         one = np.array([[35.0]], dtype=np.float32)
-        threads = [threading.Thread(target=lambda: client.infer("age-weight", [age_input(one)])) for _ in range(3)]
-        threads += [threading.Thread(target=lambda: httpx.post(f"{url}/predict", json={"age": 35})) for _ in range(3)]
+        # Each thread sets up its client first and all send at once: six threads each building an httpx
+        # client on a slow machine arrived over more than the 200 ms (two batches of three), which says
+        # nothing about the server.
+        together = threading.Barrier(6)
+
+        def by_grpc() -> None:
+            together.wait()
+            client.infer("age-weight", [age_input(one)])
+
+        def by_rest() -> None:
+            with httpx.Client(base_url=url) as http:
+                together.wait()
+                http.post("/predict", json={"age": 35})
+
+        threads = [threading.Thread(target=send) for send in (by_grpc, by_rest) for _ in range(3)]
         for thread in threads:
             thread.start()
         for thread in threads:
