@@ -20,7 +20,7 @@ from loadtest.synthetic import mixed_table
 
 def outputs(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[Any]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feed)
+    return list(session.run(None, feed))
 
 
 def feed_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
