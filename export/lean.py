@@ -57,7 +57,9 @@ def _fold_constants(model: onnx.ModelProto) -> None:
     import onnxruntime as ort
 
     graph = model.graph
-    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    # An initializer that is also a graph input is a default the caller may override: not a constant.
+    overridable = {value.name for value in graph.input}
+    initializers = {tensor.name: tensor for tensor in graph.initializer if tensor.name not in overridable}
     graph_outputs = {value.name for value in graph.output}
     kept = []
     for node in graph.node:
@@ -118,7 +120,8 @@ def _bypass_column_reads(model: onnx.ModelProto) -> bool:
 
 
 def _drop_dead(model: onnx.ModelProto) -> None:
-    """Nodes none of whose outputs is read (by a node or as a graph output), then unread initializers."""
+    """Nodes none of whose outputs is read (by a node or as a graph output), then unread initializers and
+    the shapes recorded for tensors no node makes any more."""
     graph = model.graph
     while True:
         read = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
@@ -130,6 +133,9 @@ def _drop_dead(model: onnx.ModelProto) -> None:
     read = {name for node in graph.node for name in node.input}
     for tensor in [tensor for tensor in graph.initializer if tensor.name not in read]:
         graph.initializer.remove(tensor)
+    made = {name for node in graph.node for name in node.output}
+    for value in [value for value in graph.value_info if value.name not in made]:
+        graph.value_info.remove(value)
 
 
 def _column_widths(model: onnx.ModelProto) -> Iterator[tuple[str, int]]:
