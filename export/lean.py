@@ -23,6 +23,8 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 SUBGRAPHS = {onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS}
+RANDOM = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial"}
+"""Ops whose constant inputs do not make a constant: folding would freeze one sample."""
 COLUMN_READS = {"ArrayFeatureExtractor": None, "Gather": 1}
 """Ops that read columns of a 2-D tensor by index, and the axis attribute that makes them do so (None:
 the op has no axis and always reads the last one)."""
@@ -64,7 +66,13 @@ def _fold_constants(model: onnx.ModelProto) -> None:
     kept = []
     for node in graph.node:
         inputs = [name for name in node.input if name]
-        if not inputs or not all(name in initializers for name in inputs) or graph_outputs.intersection(node.output):
+        if (
+            not inputs
+            or node.op_type in RANDOM
+            or not all(name in initializers for name in inputs)
+            or graph_outputs.intersection(node.output)
+            or not all(node.output)
+        ):
             kept.append(node)
             continue
         folded = helper.make_graph(
@@ -73,8 +81,12 @@ def _fold_constants(model: onnx.ModelProto) -> None:
         )  # fmt: skip
         alone = helper.make_model(folded, opset_imports=model.opset_import, ir_version=model.ir_version)
         session = ort.InferenceSession(alone.SerializeToString(), providers=["CPUExecutionProvider"])
-        for name, value in zip(node.output, session.run(None, {}), strict=True):
-            tensor = numpy_helper.from_array(np.asarray(value), name)
+        values = session.run(None, {})
+        if not all(isinstance(value, np.ndarray) for value in values):  # a sequence or a map: no initializer
+            kept.append(node)
+            continue
+        for name, value in zip(node.output, values, strict=True):
+            tensor = numpy_helper.from_array(value, name)
             graph.initializer.append(tensor)
             initializers[name] = tensor
     del graph.node[:]
@@ -86,7 +98,9 @@ def _bypass_column_reads(model: onnx.ModelProto) -> bool:
     readers take x_j instead, and the Concat dies if nothing else reads it. Whether any read was bypassed."""
     graph = model.graph
     widths = dict(_column_widths(model))
-    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    overridable = {value.name for value in graph.input}
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer
+                 if tensor.name not in overridable}  # fmt: skip
     made_by = {output: node for node in graph.node for output in node.output}
     graph_outputs = {value.name for value in graph.output}
     replaced: dict[str, str] = {}
@@ -130,7 +144,9 @@ def _drop_dead(model: onnx.ModelProto) -> None:
             break
         for node in dead:
             graph.node.remove(node)
-    read = {name for node in graph.node for name in node.input}
+    # An initializer may itself be a graph output, or a graph input's default: both stay.
+    read = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
+    read |= {value.name for value in graph.input}
     for tensor in [tensor for tensor in graph.initializer if tensor.name not in read]:
         graph.initializer.remove(tensor)
     made = {name for node in graph.node for name in node.output}

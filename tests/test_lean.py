@@ -88,6 +88,20 @@ def test_a_read_of_one_column_inputs_becomes_the_input_and_a_wider_input_is_left
     assert [node.op_type for node in narrow.model.graph.node] == ["Add"]
     assert list(narrow.model.graph.node[0].input) == ["b", "b"]
 
+    # Three columns, read at 0 by a Gather and at 2 by an ArrayFeatureExtractor: each read is its own input.
+    three = column_graph(first_width=1)
+    three.graph.input.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [None, 1]))
+    three.graph.node[0].input.append("c")
+    three.graph.initializer.extend([numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
+                                    numpy_helper.from_array(np.array([2], dtype=np.int64), "two")])  # fmt: skip
+    three.graph.node[1].input[1], three.graph.node[2].input[1] = "zero", "two"
+    feed = {name: np.array([[value]], np.float32) for name, value in (("a", 1.0), ("b", 10.0), ("c", 100.0))}
+    expected = outputs(three, feed)
+    leaned = lean(three)
+    assert list(leaned.model.graph.node[0].input) == ["a", "c"]
+    assert expected[0].tolist() == [[101.0]]  # a (1) + c (100): column 0 and column 2
+    assert np.array_equal(outputs(leaned.model, feed)[0], expected[0])
+
     # With `a` two columns wide, column 1 of the Concat is a's second column, not b.
     wide = column_graph(first_width=2)
     untouched = lean(onnx.ModelProto.FromString(wide.SerializeToString()))
