@@ -5,8 +5,8 @@ reads them back one at a time (a ColumnTransformer's string columns: Concat, the
 per column; its imputer: Concat, then a Gather per column), and computes constants at run time (the
 string imputer's fill value: a LabelEncoder of the constant 0). onnxruntime's own optimiser keeps all of
 them: it folds no ai.onnx.ml node and knows no ArrayFeatureExtractor. Each node costs a one-row run a
-fixed few microseconds whatever its size, so on the penguins example (24 nodes) these 8 were about a
-fifth of a one-row run (loadtest fidelity-bench; docs/benchmarks.md).
+fixed few microseconds whatever its size, so on the penguins example (24 nodes) dropping these 8 made a
+one-row run 0.82x the time, in process (docs/benchmarks.md, "One request at low concurrency").
 
 Every rewrite gives the same tensors, bit for bit: a read of column j of a Concat of one-column tensors
 is tensor j, and a folded constant is what onnxruntime computed for it. The parity gate then checks the
