@@ -121,12 +121,7 @@ class MicroBatcher:
         columns their dtype; a caller that has validated the feed against a fixed layout passes it,
         otherwise it is computed here from the feed's arrays.
         """
-        if self._closing:
-            raise ModelNotReadyError(f"model {self._name} is shutting down and takes no new requests")
-        if len(self._queue) >= self._max_queue_size:
-            raise ServerBusyError(
-                f"model {self._name} has {len(self._queue)} requests queued, the limit; retry shortly"
-            )
+        self.admit()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         if signature is None:
@@ -139,6 +134,16 @@ class MicroBatcher:
         elif self._gathered is not None and self._gathered_enough():
             _resolve(self._gathered)
         return future
+
+    def admit(self) -> None:
+        """Raise what `submit` would refuse a request with now (a full queue, a closing batcher), so that a
+        front end can refuse before it reads and parses a body it would throw away."""
+        if self._closing:
+            raise ModelNotReadyError(f"model {self._name} is shutting down and takes no new requests")
+        if len(self._queue) >= self._max_queue_size:
+            raise ServerBusyError(
+                f"model {self._name} has {len(self._queue)} requests queued, the limit; retry shortly"
+            )
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Stop taking requests, finish the queued ones (up to `timeout_s`), then stop the worker."""

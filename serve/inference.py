@@ -103,11 +103,14 @@ def score(
 
 
 async def _v2_request(
-    context: RequestContext, scope: Scope, receive: Receive
+    context: RequestContext, scope: Scope, receive: Receive, scoring: bool
 ) -> tuple[ModelEntry, dict[str, Any], protocol.InferRequest]:
-    """The model version, the JSON document and the validated request of a V2 body (JSON or binary)."""
+    """The model version, the JSON document and the validated request of a V2 body (JSON or binary);
+    a request for `scoring` that its model's queue would refuse is refused before its body is read."""
     settings, repository, headers = _context(scope)
     entry = context.entry = _entry(repository, scope)
+    if scoring:
+        scope["state"]["scorer"].admit(entry)
     body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
     length = headers.get(binary.HEADER)
     header, tail = binary.split_body(body, None if length is None else length.decode(errors="replace"))
@@ -117,7 +120,7 @@ async def _v2_request(
 
 async def _infer(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
     """POST /v2/models/{name}[/versions/{version}]/infer: JSON or Triton's binary tensor data."""
-    entry, document, parsed = await _v2_request(context, scope, receive)
+    entry, document, parsed = await _v2_request(context, scope, receive, scoring=True)
     flags = _quality_flags(entry, parsed.feed, parsed.rows, (document.get("parameters") or {}).get("quality"))
     outputs = await score(context, scope, entry, parsed.feed, parsed.rows, parsed.timeout_s)
     context.batch_rows = outputs.batch_rows
@@ -136,6 +139,7 @@ async def _predictions(
     `quality`, each carries its row's input flags)."""
     settings, _, headers = _context(scope)
     context.entry = entry
+    scope["state"]["scorer"].admit(entry)
     body = await read_body(receive, headers, settings.max_body_bytes, settings.request_timeout_s)
     feed, rows = records.parse_instances(protocol.parse_json(body), entry.model, settings.max_request_rows)
     flags = _quality_flags(entry, feed, rows, _query(scope, "quality")) if quality else None
@@ -169,7 +173,7 @@ async def _predict_seed(context: RequestContext, scope: Scope, receive: Receive)
 async def _explain(context: RequestContext, scope: Scope, receive: Receive) -> Reply:
     """POST /v2/models/{name}[/versions/{version}]/explain: V2 tensors in (validated as infer's), Shapley values out."""
     context.explain = True
-    entry, document, parsed = await _v2_request(context, scope, receive)
+    entry, document, parsed = await _v2_request(context, scope, receive, scoring=False)
     options = explanations.parse_options(document.get("parameters"), entry.model)
     context.rows = parsed.rows
     explainer: explanations.Explainer = scope["state"]["explainer"]

@@ -279,6 +279,38 @@ def test_in_flight_and_queue_limits_answer_503_with_retry_after_at_once(model_di
             assert "limit" in response.json()["error"]
 
 
+def test_a_full_queue_refuses_a_request_before_reading_its_body_and_explain_does_not_use_the_queue(
+    model_dir: Path,
+) -> None:
+    # A 3 s batch delay holds the first request in a one-request queue; what comes next meets a full queue.
+    env = {"SERVE_MAX_BATCH_DELAY_MS": "3000", "SERVE_MAX_QUEUE_SIZE": "1"}
+    with running_server(model_dir, env) as url:
+        held: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: held.append(httpx.post(f"{url}/v2/models/age-weight/infer", json=AGE, timeout=10))
+        )
+        sender.start()
+        # A body that is not JSON: 400 while the queue has room, 503 once it is full, since the refusal
+        # comes before the body is read (it would be refused after parsing anyway).
+        truncated = b'{"inputs": ['
+        answers: list[httpx.Response] = []
+
+        def refused_unparsed() -> bool:
+            answers.append(httpx.post(f"{url}/v2/models/age-weight/infer", content=truncated))
+            return answers[-1].status_code == 503
+
+        wait_for(refused_unparsed, timeout_s=2.5, what="a 503 for a body that was never parsed")
+        refused = answers[-1]
+        assert refused.headers["retry-after"] == "1" and "requests queued, the limit" in refused.json()["error"]
+        assert {answer.status_code for answer in answers} <= {400, 503}
+        records = httpx.post(f"{url}/v1/models/age-weight:predict", json={"instances": [{"age": 35}]})
+        assert records.status_code == 503
+        explained = httpx.post(f"{url}/v2/models/age-weight/explain", json=AGE, timeout=10)
+        assert explained.status_code == 200, explained.text  # explanations have their own limits
+        sender.join(timeout=15)
+    assert [response.status_code for response in held] == [200]
+
+
 def test_sigterm_turns_readiness_off_drains_and_fails_no_accepted_request(model_dir: Path, tmp_path: Path) -> None:
     env = {"SERVE_SHUTDOWN_DRAIN_S": "1.5", "SERVE_MAX_BATCH_DELAY_MS": "20"}
     log = tmp_path / "server.log"

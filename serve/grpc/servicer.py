@@ -138,10 +138,13 @@ class Servicer:
             raise PermissionDeniedError("loading and unloading models needs an admin key")
 
     def _parsed(
-        self, request: pb.ModelInferRequest, context: Any, record: RequestContext
+        self, request: pb.ModelInferRequest, context: Any, record: RequestContext, scoring: bool
     ) -> tuple[ModelEntry, dict[str, Any], protocol.InferRequest, float | None]:
-        """The model version, the V2 document, the validated request and its timeout, as REST has them."""
+        """The model version, the V2 document, the validated request and its timeout, as REST has them
+        (a request for `scoring` that its model's queue would refuse is refused before it is converted)."""
         entry = record.entry = self.state["repository"].get(request.model_name, request.model_version or None)
+        if scoring:
+            self.state["scorer"].admit(entry)
         document, tail = converters.infer_document(request)
         parsed = protocol.parse_infer_request(document, entry.model, tail, self.state["settings"].max_request_rows)
         timeout_s = parsed.timeout_s
@@ -152,7 +155,7 @@ class Servicer:
         return entry, document, parsed, timeout_s
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Any, record: RequestContext) -> Any:
-        entry, _, parsed, timeout_s = self._parsed(request, context, record)
+        entry, _, parsed, timeout_s = self._parsed(request, context, record, scoring=True)
         outputs = await self.state["scorer"].score(entry, parsed.feed, parsed.rows, timeout_s, _on_leave(context))
         record.batch_rows = outputs.batch_rows
         return converters.infer_response(entry.model, parsed, outputs)
@@ -160,7 +163,7 @@ class Servicer:
     async def model_explain(self, request: pb.ModelInferRequest, context: Any, record: RequestContext) -> Any:
         """An infer request explained: its parameters "method", "permutations" and "seed" as REST's."""
         record.explain = True
-        entry, document, parsed, timeout_s = self._parsed(request, context, record)
+        entry, document, parsed, timeout_s = self._parsed(request, context, record, scoring=False)
         options = explanations.parse_options(document.get("parameters"), entry.model)
         explained = await self.state["explainer"].explain(entry.model, parsed.feed, parsed.rows, options, timeout_s)
         return converters.explain_response(explained, request.id)
