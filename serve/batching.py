@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Literal
 
 from serve.columns import Feed, Inputs, Outputs, Signature, assemble, feed_signature, split
 from serve.deadlines import EarliestDeadline
 from serve.errors import DeadlineExceededError, InferenceFailedError, ModelNotReadyError, ServeError, ServerBusyError
+from serve.reports import BatchRecord, Outcome
 from serve.waves import Waves
 
 logger = logging.getLogger("tabserve.batching")
@@ -36,28 +36,6 @@ class _Item:
     future: asyncio.Future[Outputs]
     deadline: float
     enqueued: float
-
-
-Outcome = Literal["success", "failure", "retried"]
-
-
-@dataclass(frozen=True, slots=True)
-class BatchRecord:
-    """One run of the model, as observers (statistics, metrics) are told of it.
-
-    "retried": the batch failed and each request then ran alone; those runs are reported on their own,
-    so this one's `queue_ns` (the requests' summed wait) is 0. The three durations are assembling the
-    inputs, the model's run and splitting the outputs; `queued` is how many requests still wait.
-    """
-
-    requests: int
-    rows: int
-    outcome: Outcome
-    queue_ns: int
-    input_ns: int
-    infer_ns: int
-    output_ns: int
-    queued: int
 
 
 class MicroBatcher:

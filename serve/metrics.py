@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from serve.batching import BatchRecord
 from serve.drift import DriftMetrics, PsiCollector
+from serve.reports import BatchRecord
 from serve.tallies import (
     BATCH_ROWS,
     INFERENCE_SECONDS,

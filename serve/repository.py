@@ -9,13 +9,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve.batching import BatchRecord, MicroBatcher
+from serve.batching import MicroBatcher
 from serve.columns import Feed
 from serve.drift import QualityExport
 from serve.errors import ModelNotFoundError
 from serve.metrics import Metrics, ModelMetrics
 from serve.model import Model, ModelLoadError, SessionOptions
 from serve.quality import QualityMonitor
+from serve.reports import BatchRecord
 from serve.settings import Settings
 from serve.statistics import ModelStatistics
 

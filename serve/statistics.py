@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from serve.batching import BatchRecord
+from serve.reports import BatchRecord
 
 MAX_TRACKED_BATCH_SIZES = 256
 """Triton reports per batch size; a client sending every size up to the row limit must not grow this

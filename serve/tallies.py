@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from serve.batching import BatchRecord
+from serve.reports import BatchRecord
 
 # Sub-millisecond buckets: a batched single-row request takes ~0.1-1 ms here.
 LATENCY_BUCKETS = (

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve.batching import BatchRecord, MicroBatcher
+from serve.batching import MicroBatcher
 from serve.columns import Feed, Outputs
 from serve.errors import DeadlineExceededError, InferenceFailedError, ModelNotReadyError, ServerBusyError
+from serve.reports import BatchRecord
 from serve.statistics import ModelStatistics
 
 FAR = 1e12

@@ -40,7 +40,7 @@ def test_request_tallies_expose_what_prometheus_client_would() -> None:
 def test_batch_tallies_expose_what_prometheus_client_would() -> None:
     from prometheus_client import Gauge
 
-    from serve.batching import BatchRecord
+    from serve.reports import BatchRecord
     from serve.tallies import BATCH_ROWS, INFERENCE_SECONDS, QUEUE_DEPTH, QUEUE_WAIT, ROW_BUCKETS
 
     metrics = Metrics()
