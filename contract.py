@@ -18,7 +18,7 @@ import bisect
 import json
 import re
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple, TypedDict, get_type_hints
+from typing import Any, Literal, NamedTuple, NotRequired, TypedDict, get_type_hints
 
 CARD_FORMAT = "tabserve.model/2"
 READABLE_FORMATS = ("tabserve.model/1", CARD_FORMAT)
@@ -196,6 +196,16 @@ class BinsReference(TypedDict):
     shares: list[float]
 
 
+class CategoryTap(TypedDict):
+    """Tensors the graph computes anyway from a categorical input, from which a server can count it."""
+
+    one_hot: str
+    """Float [n, 1, k] or [n, k]: 1 in the column of `categories` the value is, all zeros for any other."""
+    categories: list[str]
+    missing: str
+    """Bool [n, 1]: true where the input was missing ('') and was imputed."""
+
+
 class MonitoringCard(TypedDict):
     """What a server compares requests with: training inputs and held-out predictions, measured at export."""
 
@@ -204,6 +214,8 @@ class MonitoringCard(TypedDict):
     features: dict[str, FeatureReference]
     """Keyed by ONNX input name (the card's features[i]["name"]), one per input."""
     prediction: ClassesReference | BinsReference
+    taps: NotRequired[dict[str, CategoryTap]]
+    """Categorical input name -> its tap, where the exporter found one (export/taps.py); absent before."""
 
 
 class ModelCard(TypedDict):

@@ -19,6 +19,7 @@ from export.importance import MAX_IMPORTANCE_ROWS, measure_importance
 from export.monitoring import measure_reference
 from export.parity import ParityError, ParityReport, Tolerance, compare_outputs, onnx_feed
 from export.repository import check_name, publish
+from export.taps import find_taps
 
 MAX_PARITY_ROWS = 2000
 DEFAULT_TOLERANCE = Tolerance()
@@ -87,6 +88,7 @@ def export_pipeline(
     progress(f"monitoring reference from {len(training_frame)} training and {len(check_frame)} held-out rows")
     # Predictions of the fitted pipeline, which parity just tied to the ONNX graph's on these rows.
     monitoring = measure_reference(training_frame, features, pipeline.predict(check_frame), task, classes)
+    monitoring["taps"] = find_taps(model, [feature.name for feature in features if feature.kind == "categorical"])
     importance = None
     if check_labels is not None:
         progress(f"permutation importance on {min(len(check_frame), MAX_IMPORTANCE_ROWS)} held-out rows")

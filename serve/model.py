@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -14,9 +15,22 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from contract import CARD_FILE, GOLDEN_ATOL, GOLDEN_FILE, GOLDEN_RTOL, MODEL_FILE, CardError, ModelCard, read_card
+from contract import (
+    CARD_FILE,
+    GOLDEN_ATOL,
+    GOLDEN_FILE,
+    GOLDEN_RTOL,
+    MODEL_FILE,
+    CardError,
+    CategoryTap,
+    ModelCard,
+    read_card,
+)
 from serve.columns import Feed
 from serve.datatypes import ORT_TO_V2, V2_TO_NUMPY
+from serve.taps import checked_taps, scores_output, with_outputs
+
+logger = logging.getLogger("tabserve.repository")
 
 
 class ModelLoadError(Exception):
@@ -57,15 +71,12 @@ class Model:
         self.card = _read_card(folder)
         # Read once and parse what was hashed: a file swapped after the check is never the one used.
         verified = _read_verified(folder, self.card)
-        model_bytes = verified[MODEL_FILE]
-        try:
-            self.session = ort.InferenceSession(
-                model_bytes, _session_options(options), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/...; all mean "not a model"
-            raise ModelLoadError(f"{folder / MODEL_FILE} is not a loadable ONNX model: {exc}") from exc
+        monitoring = self.card["monitoring"]
+        listed = (monitoring.get("taps") if monitoring else None) or {}
+        self.session, taps = _session(folder, verified[MODEL_FILE], options, listed)
         self.inputs = tuple(_spec(value) for value in self.session.get_inputs())
-        self.outputs = tuple(_spec(value) for value in self.session.get_outputs())
+        tapped = set(_tensors(taps))
+        self.outputs = tuple(_spec(value) for value in self.session.get_outputs() if value.name not in tapped)
         self.input_by_name = {spec.name: spec for spec in self.inputs}
         self.output_by_name = {spec.name: spec for spec in self.outputs}
         self.input_names = [spec.name for spec in self.inputs]
@@ -84,12 +95,22 @@ class Model:
         self.identity = (name, version, self.card["sha256"])
         self._check_golden(verified.get(GOLDEN_FILE))
         self.background = self._read_background(verified)
+        self.taps = checked_taps(self.session, self._sample, taps)
+        """Categorical input -> its tap (serve/taps.py), those that hold on this session; {} without any."""
+        self._tapped_names = [*self.output_names, *_tensors(self.taps)]
+        self.scores = scores_output(self.run(self._sample), self.output_names, self.classes)
+        """A classifier's output whose top score is its label (serve/taps.py), or None."""
         """The explainer's background rows: input name -> [rows, 1] array, or None when the card has none."""
         self.load_seconds = time.monotonic() - started
 
     def run(self, feed: Feed) -> Feed:
         """Score a batch: every output, in the model's order."""
         return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+
+    def run_tapped(self, feed: Feed) -> tuple[Feed, Feed]:
+        """Score a batch, reading the taps too: (the outputs, the outputs and the taps' tensors)."""
+        values = self.session.run(self._tapped_names, feed)
+        return dict(zip(self.output_names, values, strict=False)), dict(zip(self._tapped_names, values, strict=True))
 
     def warm_up(self, rows: int) -> None:
         """Run once at batch size `rows`, so the first real batch of that size pays no allocation."""
@@ -136,6 +157,31 @@ class Model:
         if sorted(background) != sorted(self.input_names):
             raise ModelLoadError(f"{path}: inputs {sorted(background)} are not the model's {sorted(self.input_names)}")
         return background
+
+
+def _session(
+    folder: Path, model_bytes: bytes, options: SessionOptions, taps: dict[str, CategoryTap]
+) -> tuple[ort.InferenceSession, dict[str, CategoryTap]]:
+    """The session, with the card's taps as extra outputs when it builds with them (else without, logged)."""
+    try:
+        if taps:
+            try:
+                tapped = with_outputs(model_bytes, _tensors(taps))
+                return ort.InferenceSession(tapped, _session_options(options), providers=["CPUExecutionProvider"]), taps
+            except Exception as exc:  # the model itself is tried next: a wrong tap must not refuse it
+                logger.warning(
+                    "%s: the card's taps %s do not build (%s); counting those inputs by value",
+                    folder,
+                    sorted(taps),
+                    exc,
+                )
+        return ort.InferenceSession(model_bytes, _session_options(options), providers=["CPUExecutionProvider"]), {}
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/...; all mean "not a model"
+        raise ModelLoadError(f"{folder / MODEL_FILE} is not a loadable ONNX model: {exc}") from exc
+
+
+def _tensors(taps: dict[str, CategoryTap]) -> list[str]:
+    return [name for tap in taps.values() for name in (tap["one_hot"], tap["missing"])]
 
 
 def _read_card(folder: Path) -> ModelCard:

@@ -63,8 +63,8 @@ def _monitored(model: Model, quality: QualityMonitor) -> Callable[[Feed], Feed]:
     watched = model.output_names[0]
 
     def run(feed: Feed) -> Feed:
-        outputs = model.run(feed)
-        quality.record(feed, outputs[watched], len(outputs[watched]))
+        outputs, tapped = model.run_tapped(feed)
+        quality.record(feed, tapped, len(outputs[watched]))
         return outputs
 
     return run
@@ -99,7 +99,8 @@ class ModelRepository:
         if settings.quality_monitoring:
             # Each worker keeps its share of the window: a scrape adds the workers' windows (serve/drift.py).
             window = max(1, settings.quality_window_rows // settings.workers)
-            quality = QualityMonitor(model.card, model.input_names, window)
+            quality = QualityMonitor(model.card, model.input_names, model.output_names[0], window)
+            quality.read_off(model.taps, model.scores)
             quality.on_publish = QualityExport(self.metrics.drift, model.name, model.version, quality).publish
             run = _monitored(model, quality)
 

@@ -56,7 +56,7 @@ class Scorer:
         lookup.add(time.perf_counter_ns() - started)
         if found is not None:
             if entry.quality is not None:  # every row a caller sends counts, cached or not
-                entry.quality.record(feed, found[entry.model.output_names[0]], rows)
+                entry.quality.record(feed, found, rows)
             answered: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
             answered.set_result(found)
             return answered
