@@ -3,13 +3,9 @@
 Standard library only, so both packages, and a user's own tooling, import it without the other's
 dependencies. docs/model-repository.md explains every field; this module is its executable form.
 
-background.json (format 2, optional) holds training rows for explainers:
-`{"rows": n, "seed": s, "stratified": bool, "inputs": {input_name: {"datatype", "shape", "data"}}}`,
-tensors encoded exactly as golden.json's `inputs` (`shape` [n, 1], `data` flat, null for a missing FP32
-value, "" for a missing BYTES one). The card's `background` says whether it exists; `digests` covers it.
-
-The card's `monitoring` (MonitoringCard, optional) is the training reference a server counts requests
-against for input quality and drift (population stability index); `find_bin` says how values are binned.
+background.json (format 2, optional) holds training rows for explainers, tensors encoded as golden.json's
+`inputs`. The card's `monitoring` (MonitoringCard, optional) is the training reference a server counts
+requests against for input quality and drift (population stability index); `find_bin` bins the values.
 """
 
 from __future__ import annotations
@@ -44,17 +40,15 @@ Kind = Literal["numeric", "categorical"]
 
 
 class Datatype(NamedTuple):
-    """One Open Inference Protocol datatype under each name the project meets it by."""
+    """One Open Inference Protocol datatype under each name the project meets it by: numpy's dtype string
+    (little-endian where it has an order, as the binary extension carries it), onnx.TensorProto's element
+    type, the type onnxruntime's session.get_inputs() reports, and Triton's model configuration name."""
 
     v2: str
     numpy: str
-    """numpy's dtype string (little-endian where it has an order), as the binary extension carries it."""
     onnx: int
-    """onnx.TensorProto's element type."""
     onnxruntime: str
-    """The type onnxruntime's session.get_inputs() reports."""
     triton_config: str
-    """Triton's model configuration name."""
 
 
 DATATYPES: tuple[Datatype, ...] = (
@@ -107,8 +101,7 @@ class BackgroundCard(TypedDict):
 
 
 class ColumnImportance(TypedDict):
-    column: str
-    """The raw training column: the feature's `column`, or its `name` when that is empty."""
+    column: str  # the raw training column: the feature's `column`, or its `name` when that is empty
     mean: float
     std: float
 
@@ -117,13 +110,11 @@ class ImportanceCard(TypedDict):
     """Permutation importance on held-out rows, measured at export."""
 
     method: Literal["permutation"]
-    scoring: str
-    """The estimator's default score: 'r2' for regressors, 'accuracy' for classifiers."""
+    scoring: str  # the estimator's default score: 'r2' for regressors, 'accuracy' for classifiers
     repeats: int
     rows: int
     seed: int
-    columns: list[ColumnImportance]
-    """One entry per raw column, sorted by `mean`, largest first."""
+    columns: list[ColumnImportance]  # one entry per raw column, sorted by `mean`, largest first
 
 
 REFERENCE_QUANTILES = tuple(step / 10 for step in range(1, 10))
@@ -197,13 +188,13 @@ class BinsReference(TypedDict):
 
 
 class CategoryTap(TypedDict):
-    """Tensors the graph computes anyway from a categorical input, from which a server can count it."""
+    """Tensors the graph computes anyway from a categorical input, from which a server can count it:
+    `one_hot`, float [n, 1, k] or [n, k], is 1 in the column of `categories` the value is and all zeros for
+    any other value; `missing`, bool [n, 1], is true where the input was missing ('') and was imputed."""
 
     one_hot: str
-    """Float [n, 1, k] or [n, k]: 1 in the column of `categories` the value is, all zeros for any other."""
     categories: list[str]
     missing: str
-    """Bool [n, 1]: true where the input was missing ('') and was imputed."""
 
 
 class MonitoringCard(TypedDict):
@@ -214,8 +205,7 @@ class MonitoringCard(TypedDict):
     features: dict[str, FeatureReference]
     """Keyed by ONNX input name (the card's features[i]["name"]), one per input."""
     prediction: ClassesReference | BinsReference
-    taps: NotRequired[dict[str, CategoryTap]]
-    """Categorical input name -> its tap, where the exporter found one (export/taps.py); absent before."""
+    taps: NotRequired[dict[str, CategoryTap]]  # input -> its tap where export/taps.py found one; absent before
 
 
 class ModelCard(TypedDict):

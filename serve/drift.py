@@ -18,7 +18,8 @@ from prometheus_client import Counter, Gauge
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from serve.psi import MIN_PSI_ROWS, THRESHOLDS, status_of, window_psi
-from serve.quality import QualityMonitor, Tally
+from serve.quality import QualityMonitor
+from serve.watched import Tally
 
 LABELS = ("model", "version", "feature")
 FEATURE_COUNTERS = {

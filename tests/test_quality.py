@@ -279,7 +279,8 @@ def test_the_alerting_rules_parse_and_name_only_metrics_and_labels_the_server_ex
 def test_a_tally_counts_like_a_value_by_value_reference_whatever_shape_its_parts_arrive_in() -> None:
     """The vectorised paths (a pass per cut, one concatenation of the batcher's arrays, categories through a
     dict with a default) against the binning rule applied to one value at a time."""
-    from serve.quality import Tally, _joined
+    from serve.quality import _joined
+    from serve.watched import Tally
 
     generator = np.random.default_rng(7)
     edges = np.array([2.0, 4.0, 6.0, 8.0], dtype=np.float32)

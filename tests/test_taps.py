@@ -13,8 +13,9 @@ import onnx
 import pytest
 
 from serve.model import Model, SessionOptions
-from serve.quality import QualityMonitor, Tally
+from serve.quality import QualityMonitor
 from serve.taps import LabelScores, with_outputs
+from serve.watched import Tally
 
 
 def figures(monitor: QualityMonitor) -> list[tuple[Any, ...]]:
