@@ -95,12 +95,12 @@ class Model:
         self.identity = (name, version, self.card["sha256"])
         self._check_golden(verified.get(GOLDEN_FILE))
         self.background = self._read_background(verified)
+        """The explainer's background rows: input name -> [rows, 1] array, or None when the card has none."""
         self.taps = checked_taps(self.session, self._sample, taps)
         """Categorical input -> its tap (serve/taps.py), those that hold on this session; {} without any."""
         self._tapped_names = [*self.output_names, *_tensors(self.taps)]
         self.scores = scores_output(self.run(self._sample), self.output_names, self.classes)
         """A classifier's output whose top score is its label (serve/taps.py), or None."""
-        """The explainer's background rows: input name -> [rows, 1] array, or None when the card has none."""
         self.load_seconds = time.monotonic() - started
 
     def run(self, feed: Feed) -> Feed:

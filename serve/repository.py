@@ -57,13 +57,22 @@ def load_model(name: str, version: int, folder: Path, settings: Settings) -> Mod
     return model
 
 
+TAPPED_ROWS = 32
+"""A batch of this many rows or more reads the model's taps (serve/taps.py). Their extra outputs cost
+onnxruntime 5-9 us a batch and save ~0.3 us a row of counting, so a smaller batch is counted by value:
+with the taps on every batch, one-row requests at one connection ran 3 % slower (measured side by side)."""
+
+
 def _monitored(model: Model, quality: QualityMonitor) -> Callable[[Feed], Feed]:
     """The model's run, telling the monitor of every batch it scores (its first output is the prediction:
     the label, or the value)."""
-    watched = model.output_names[0]
+    watched, first = model.output_names[0], model.input_names[0]
 
     def run(feed: Feed) -> Feed:
-        outputs, tapped = model.run_tapped(feed)
+        if model.taps and len(feed[first]) >= TAPPED_ROWS:
+            outputs, tapped = model.run_tapped(feed)
+        else:
+            outputs = tapped = model.run(feed)
         quality.record(feed, tapped, len(outputs[watched]))
         return outputs
 
@@ -101,6 +110,9 @@ class ModelRepository:
             window = max(1, settings.quality_window_rows // settings.workers)
             quality = QualityMonitor(model.card, model.input_names, model.output_names[0], window)
             quality.read_off(model.taps, model.scores)
+            if quality.taps:
+                logger.info("%s version %d: monitoring counts %s off the model's taps in batches of %d rows or more",
+                            model.name, model.version, ", ".join(quality.taps), TAPPED_ROWS)  # fmt: skip
             quality.on_publish = QualityExport(self.metrics.drift, model.name, model.version, quality).publish
             run = _monitored(model, quality)
 

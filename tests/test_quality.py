@@ -115,31 +115,34 @@ def v2_binary(client: triton.InferenceServerClient, rows: list[dict[str, Any]], 
 
 
 def test_every_row_counts_exactly_through_json_binary_records_and_the_cache_from_many_clients(
-    repository: Path,
+    repository: Path, tmp_path: Path
 ) -> None:
     card = read_card(repository, "penguins")
     rows = known_rows(card)
+    many = rows * 8  # a batch this large is counted off the model's taps, the small ones by value
     senders: list[Callable[[str], object]] = [
         lambda base: httpx.post(f"{base}/v1/models/penguins:predict", json={"instances": rows}).raise_for_status(),
-        lambda base: httpx.post(f"{base}/v2/models/penguins/infer", json=v2_json(rows, card)).raise_for_status(),
+        lambda base: httpx.post(f"{base}/v2/models/penguins/infer", json=v2_json(many, card)).raise_for_status(),
         lambda base: v2_binary(triton.InferenceServerClient(base.removeprefix("http://")), rows, card),
         # One row per request, so that concurrent requests share batches.
         lambda base: [httpx.post(f"{base}/v1/models/penguins:predict", json=row).raise_for_status() for row in rows],
     ]
     repeats = 6
-    with running_server(repository, {"SERVE_CACHE_MAX_ENTRIES": "64"}) as base:
+    log = tmp_path / "server.log"
+    with running_server(repository, {"SERVE_CACHE_MAX_ENTRIES": "64"}, log_path=log) as base:
         threads = [threading.Thread(target=lambda send=send: [send(base) for _ in range(repeats)])
                    for send in senders for _ in range(3)]  # fmt: skip
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(60)
-        sent = len(senders) * 3 * repeats
+        sent = (len(senders) - 1 + len(many) // len(rows)) * 3 * repeats  # how often each row was sent
         want = {key: count * sent for key, count in expected_counts(card, rows).items()}
         assert metric_counts(base, "penguins") == want
         quality = httpx.get(f"{base}/v2/models/penguins/quality").json()
         hits = httpx.get(f"{base}/metrics").text
     assert 'tabserve_cache_lookups_total{result="hit"}' in hits, "repeats were answered from the cache and counted"
+    assert "monitoring counts island, sex off the model's taps" in log.read_text()
     by_name = {feature["name"]: feature for feature in quality["features"]}
     for name, feature in by_name.items():
         assert feature["values"] == want[("values", name)]
