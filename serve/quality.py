@@ -9,7 +9,8 @@ Counting costs the hot path one list append per batch: batches wait in `pending`
 together, vectorised, once FLUSH_ROWS rows or FLUSH_BATCHES batches have gathered, when someone reads
 the figures, and at least every second (serve/app.py), since a numpy call costs about a microsecond
 whatever its size and a one-row batch has a column per input. Categorical inputs and a classifier's label
-are read off the model's own tensors where they can be (serve/taps.py), not hashed string by string.
+are read off the model's own tensors where they can be (serve/taps.py; inputs in batches of 32 rows or
+more), not hashed string by string.
 What it still costs, measured side by side (python -m loadtest quality-bench, penguins): within the A/A
 noise for one-row requests, 5.5-6 % of 100-row ones, spread over a few dozen numpy calls per flush on
 data gone cold since its batch (docs/benchmarks.md). No HTTP here; serve/drift.py exports the figures.
@@ -120,7 +121,7 @@ class QualityMonitor:
 
 def _tapped_slots(tally: Tally, tap: InputTap, pending: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Any:
     """A tapped input's slots, in row order: off the taps where a batch has them, by value where it has
-    not (a cached answer carries no taps)."""
+    not (a cached answer, or a batch under serve/repository.py's TAPPED_ROWS, carries no taps)."""
     runs = []
     for tapped, run in itertools.groupby(pending, key=lambda part: tap.one_hot in part[1]):
         parts = list(run)
