@@ -40,6 +40,7 @@ from serve.metrics import Metrics
 from serve.repository import ModelRepository
 from serve.scoring import Scorer
 from serve.settings import Settings
+from serve.shared_tallies import PUBLISH_S
 from serve.state import AppState, Lifecycle
 
 logger = logging.getLogger("tabserve")
@@ -161,10 +162,10 @@ async def render_http_error(request: Request, exc: Exception) -> Response:
 QUALITY_FLUSH_S = 1.0
 
 
-async def _flush_every(repository: ModelRepository, interval_s: float) -> None:
+async def _every(interval_s: float, call: Callable[[], None]) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        repository.publish_quality()
+        call()
 
 
 def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIApp:
@@ -193,8 +194,12 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
             metrics.watch_quality(repository.monitors)
             # Counting waits for a batch of batches; this bounds how stale the figures of a quiet model get.
             flusher = (
-                asyncio.create_task(_flush_every(repository, QUALITY_FLUSH_S)) if settings.quality_monitoring else None
+                asyncio.create_task(_every(QUALITY_FLUSH_S, repository.publish_quality))
+                if settings.quality_monitoring
+                else None
             )
+            # With several workers each one's request counts reach the others' scrapes within PUBLISH_S.
+            publisher = asyncio.create_task(_every(PUBLISH_S, metrics.publish)) if metrics.shared else None
             cache = ResponseCache(settings.cache_max_entries) if settings.cache_max_entries else None
             explainer = Explainer(settings, metrics)
             state_dir = os.environ.get(STATE_ENV)
@@ -219,13 +224,14 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
                 lifecycle.ready = False
                 if grpc_server is not None:
                     await grpc_server.stop(settings.shutdown_timeout_s)  # in-flight RPCs finish first
-                for task in (poller, flusher, follower):
+                for task in (poller, flusher, follower, publisher):
                     if task is not None:
                         task.cancel()
                 explainer.close()
                 if fleet is not None:
                     fleet.close()
                 await repository.close()
+                metrics.publish()  # the last requests of a worker that stops stay counted
 
     table = routes()
     app = Starlette(

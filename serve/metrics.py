@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -17,18 +18,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from serve.drift import DriftMetrics, PsiCollector
 from serve.reports import BatchRecord
+from serve.shared_tallies import SharedTallies
 from serve.tallies import (
-    BATCH_ROWS,
-    INFERENCE_SECONDS,
     LABELS,
     LATENCY_BUCKETS,
     PROTOCOLS,
-    QUEUE_DEPTH,
-    QUEUE_WAIT,
-    REQUEST_LABELS,
-    REQUEST_SECONDS,
-    REQUESTS,
-    ROW_BUCKETS,
     BatchCollector,
     BatchTally,
     RequestTally,
@@ -41,41 +35,6 @@ UNRESOLVED = ("", "")
 
 def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-
-
-class SharedBatches:
-    """Write-through batch metrics for worker processes (prometheus-client's multiprocess files)."""
-
-    def __init__(self, families: tuple[Counter, Histogram, Histogram, Gauge], labels: tuple[str, str]) -> None:
-        wait, rows, seconds, depth = families
-        self._wait, self._rows = wait.labels(*labels), rows.labels(*labels)
-        self._seconds, self._depth = seconds.labels(*labels), depth.labels(*labels)
-
-    def batch(self, batch: BatchRecord) -> None:
-        self._rows.observe(batch.rows)
-        self._seconds.observe(batch.infer_ns / 1e9)
-        self._wait.inc(batch.queue_ns / 1e9)
-        self._depth.set(batch.queued)
-
-    def queue_depth(self, depth: int) -> None:
-        self._depth.set(depth)
-
-
-class SharedRequests:
-    """Write-through request metrics for worker processes (prometheus-client's multiprocess files)."""
-
-    def __init__(self, requests: Counter, request_seconds: Histogram, labels: tuple[str, ...]) -> None:
-        self._requests = requests
-        self._labels = labels
-        self._by_status: dict[int, Counter] = {}  # children bound once: a label lookup costs ~1 us
-        self._seconds = request_seconds.labels(*labels)
-
-    def request(self, status: int, seconds: float) -> None:
-        counter = self._by_status.get(status)
-        if counter is None:
-            counter = self._by_status[status] = self._requests.labels(*self._labels, str(status))
-        counter.inc()
-        self._seconds.observe(seconds)
 
 
 @dataclass
@@ -100,21 +59,10 @@ class Metrics:
         registry = None if multiprocess() else self.registry
         self._tallies: dict[tuple[str, ...], RequestTally] = {}
         self._batch_tallies: dict[tuple[str, str], BatchTally] = {}
-        self._shared: tuple[Counter, Histogram] | None = None
-        self._shared_batches: tuple[Counter, Histogram, Histogram, Gauge] | None = None
-        if registry is None:
-            self._shared = (
-                Counter(*REQUESTS, (*REQUEST_LABELS, "status"), registry=None),
-                Histogram(*REQUEST_SECONDS, REQUEST_LABELS, buckets=LATENCY_BUCKETS, registry=None),
-            )
-            # Across worker processes queue depths add up.
-            self._shared_batches = (
-                Counter(*QUEUE_WAIT, LABELS, registry=None),
-                Histogram(*BATCH_ROWS, LABELS, buckets=ROW_BUCKETS, registry=None),
-                Histogram(*INFERENCE_SECONDS, LABELS, buckets=LATENCY_BUCKETS, registry=None),
-                Gauge(*QUEUE_DEPTH, LABELS, registry=None, multiprocess_mode="livesum"),
-            )
-        else:
+        # Requests and batches: plain tallies in every mode; several workers publish theirs to each other.
+        self.shared = SharedTallies(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), self._tallies,
+                                    self._batch_tallies) if multiprocess() else None  # fmt: skip
+        if registry is not None:
             self.registry.register(TallyCollector(self._tallies))
             self.registry.register(BatchCollector(self._batch_tallies))
         # A load time is the slowest process's.
@@ -149,10 +97,11 @@ class Metrics:
 
     def families(self) -> list[Metric]:
         """Every metric as a scrape would see it: this process's, or every worker's when there are several."""
-        if multiprocess():
-            registry = CollectorRegistry()
-            return list(MultiProcessCollector(registry).collect())  # type: ignore[no-untyped-call]
-        return list(self.registry.collect())
+        if self.shared is None:
+            return list(self.registry.collect())
+        requests, batches = self.shared.merged()
+        collectors = (MultiProcessCollector(None), TallyCollector(requests), BatchCollector(batches))  # type: ignore[no-untyped-call]
+        return [family for collector in collectors for family in collector.collect()]
 
     def explained(self, model: str, method: str, rows: int) -> None:
         self.explanations.labels(model, method).inc()
@@ -166,8 +115,6 @@ class Metrics:
     def requests_for(self, labels: tuple[str, str], protocol: str) -> Callable[[int, float], None]:
         """Where requests with these (model, version) labels are counted: `UNRESOLVED` for no model."""
         key = (*labels, protocol)
-        if self._shared is not None:
-            return SharedRequests(*self._shared, key).request
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = RequestTally()
@@ -176,17 +123,29 @@ class Metrics:
     def for_model(self, name: str, version: int) -> ModelMetrics:
         labels = (name, str(version))
         requests = {protocol: self.requests_for(labels, protocol) for protocol in PROTOCOLS}
-        batches: BatchTally | SharedBatches
-        if self._shared_batches is not None:
-            batches = SharedBatches(self._shared_batches, labels)
-        else:
-            batches = self._batch_tallies.setdefault(labels, BatchTally())
+        batches = self._batch_tallies.setdefault(labels, BatchTally())
         return ModelMetrics(self, labels, requests, batches.batch, batches.queue_depth)
 
     def exposition(self) -> bytes:
-        if multiprocess():
-            registry = CollectorRegistry()
-            files = MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            registry.register(PsiCollector(lambda: list(files.collect()), lambda: self._monitors()))  # type: ignore[no-untyped-call]
-            return bytes(generate_latest(registry))
-        return bytes(generate_latest(self.registry))
+        if self.shared is None:
+            return bytes(generate_latest(self.registry))
+        families = self.families()
+        registry = CollectorRegistry()
+        registry.register(_Families(families))
+        registry.register(PsiCollector(lambda: families, lambda: self._monitors()))
+        return bytes(generate_latest(registry))
+
+    def publish(self) -> None:
+        """With several workers, write this one's request and batch tallies for the others' scrapes."""
+        if self.shared is not None:
+            self.shared.publish()
+
+
+class _Families:
+    """Metric families already collected, as a collector a registry can expose."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families

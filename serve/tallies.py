@@ -2,7 +2,8 @@
 
 prometheus-client takes a lock per update; in one process these tallies do the same counting for a
 fraction of it and are turned into metric families only when /metrics is scraped (serve/metrics.py
-registers their collectors). Worker processes write through to prometheus-client's shared files instead.
+registers their collectors). Worker processes keep them too and publish them to each other
+(serve/shared_tallies.py).
 """
 
 from __future__ import annotations
@@ -59,8 +60,7 @@ class RequestTally:
 
     prometheus-client takes a lock per update: a counter and a histogram cost 1.3 us per request
     (measured), these three updates 0.3 us. `TallyCollector` turns them into metric families when
-    /metrics is scraped. One process only: worker processes write through to prometheus-client's
-    shared files instead, so that a scrape of any worker counts every request.
+    /metrics is scraped; with several workers, after adding up every worker's (serve/shared_tallies.py).
     """
 
     def __init__(self) -> None:
@@ -73,6 +73,13 @@ class RequestTally:
         self.by_status[status] = self.by_status.get(status, 0) + 1
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: the first bound >= seconds
         self.total_seconds += seconds
+
+    def add(self, other: RequestTally) -> None:
+        """Count another process's requests too (serve/shared_tallies.py)."""
+        for status, count in other.by_status.items():
+            self.by_status[status] = self.by_status.get(status, 0) + count
+        self.buckets = [mine + theirs for mine, theirs in zip(self.buckets, other.buckets, strict=True)]
+        self.total_seconds += other.total_seconds
 
 
 class TallyCollector:
@@ -127,6 +134,15 @@ class BatchTally:
 
     def queue_depth(self, depth: int) -> None:
         self.depth = depth
+
+    def add(self, other: BatchTally, live: bool) -> None:
+        """Count another process's batches too; its queue depth only if it is still running."""
+        self.rows = [mine + theirs for mine, theirs in zip(self.rows, other.rows, strict=True)]
+        self.seconds = [mine + theirs for mine, theirs in zip(self.seconds, other.seconds, strict=True)]
+        self.rows_sum += other.rows_sum
+        self.seconds_sum += other.seconds_sum
+        self.queue_wait_s += other.queue_wait_s
+        self.depth += other.depth if live else 0
 
 
 class BatchCollector:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from serve.metrics import UNRESOLVED, Metrics
@@ -72,4 +76,50 @@ def test_batch_tallies_expose_what_prometheus_client_would() -> None:
     assert len(expected) == 2 * (
         1 + (len(ROW_BUCKETS) + 3) + (len(LATENCY_BUCKETS) + 3) + 1
     )  # buckets, +Inf, count, sum
+    assert lines(metrics.exposition()) == expected
+
+
+def test_several_workers_tallies_add_up_and_a_stopped_workers_queue_depth_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three workers' requests and batches in one scrape: this process's live tallies, a running worker's
+    published file, and the file of one that has exited, whose counts stay but whose queue depth goes."""
+    from prometheus_client import Gauge
+
+    from serve.reports import BatchRecord
+    from serve.tallies import BATCH_ROWS, QUEUE_DEPTH, ROW_BUCKETS
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    reference = CollectorRegistry()
+    requests = Counter(*REQUESTS, ("model", "version", "protocol", "status"), registry=reference)
+    latency = Histogram(*REQUEST_SECONDS, ("model", "version", "protocol"), buckets=LATENCY_BUCKETS, registry=reference)
+    rows = Histogram(*BATCH_ROWS, ("model", "version"), buckets=ROW_BUCKETS, registry=reference)
+    depth = Gauge(*QUEUE_DEPTH, ("model", "version"), registry=reference)
+    latency.labels("penguins", "1", "grpc")  # bound for every protocol when the version loads: zeros
+    exited = max(int(path.name) for path in Path("/proc").iterdir() if path.name.isdigit()) + 1_000_000
+    workers = {exited: 5, os.getppid(): 3, os.getpid(): 2}  # pid -> its queue depth
+    for worker, (pid, queued) in enumerate(workers.items()):
+        metrics = Metrics()
+        observe = metrics.for_model("penguins", 1)
+        for status, seconds in OBSERVATIONS[worker::3]:
+            observe.requests["rest"](status, seconds)
+            requests.labels("penguins", "1", "rest", str(status)).inc()
+            latency.labels("penguins", "1", "rest").observe(seconds)
+        for count in ROW_BUCKETS[worker::3]:
+            observe.batch(BatchRecord(1, count, "success", 0, 0, 0, 0, queued))
+            rows.labels("penguins", "1").observe(count)
+        if pid != os.getpid():
+            metrics.publish()
+            (tmp_path / f"tallies-{os.getpid()}.json").rename(tmp_path / f"tallies-{pid}.json")
+    depth.labels("penguins", "1").set(3 + 2)
+    names = (REQUESTS[0], REQUEST_SECONDS[0], BATCH_ROWS[0], QUEUE_DEPTH[0])
+
+    def lines(exposition: bytes) -> list[str]:
+        """The samples, with sums rounded: the workers' sums are added in another order than one process's."""
+        samples = (line.rsplit(" ", 1) for line in exposition.decode().splitlines()
+                   if line.startswith(names) and "_created" not in line)  # fmt: skip
+        return sorted(f"{key} {round(float(value), 9) if '_sum{' in key else value}" for key, value in samples)
+
+    expected = lines(generate_latest(reference))
+    assert any(line.startswith('tabserve_queue_depth{model="penguins",version="1"} 5.0') for line in expected)
     assert lines(metrics.exposition()) == expected

@@ -361,10 +361,17 @@ def test_several_workers_serve_under_load_and_their_metrics_add_up(model_dir: Pa
     with running_server(model_dir, {"SERVE_WORKERS": "2"}, log_path=log) as url:
         with Load(url, clients=8) as load:
             wait_for(lambda: load.statuses[200] > 600, what="traffic on two workers")
-        text = httpx.get(f"{url}/metrics").text
+
+        def counted() -> float:
+            rows = httpx.get(f"{url}/metrics").text.splitlines()
+            line = next(row for row in rows if row.startswith('tabserve_requests_total{model="age-weight"'))
+            return float(line.rsplit(" ", 1)[1])
+
+        # The worker that takes the scrape reads the other's counts as last published (every PUBLISH_S).
+        wait_for(lambda: counted() == load.statuses[200], what="every worker's requests counted once", timeout_s=5)
+        time.sleep(0.6)  # more publications: a worker's own file is not added to its live counts
+        assert counted() == load.statuses[200], "and no more once published"
     assert set(load.statuses) == {200} and load.errors == []
-    line = next(row for row in text.splitlines() if row.startswith('tabserve_requests_total{model="age-weight"'))
-    assert float(line.rsplit(" ", 1)[1]) == load.statuses[200], "every worker's requests are counted once"
     started = {
         row.split("[")[1].split("]")[0] for row in log.read_text().splitlines() if "Started server process" in row
     }
