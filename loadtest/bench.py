@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from contract import MODEL_FILE
-from loadtest.cells import DUELS, PAYLOADS, SYSTEMS_BY_PAYLOAD, VARIANTS, Cell, Measurement
+from loadtest.cells import DUELS, PAYLOADS, SYSTEMS_BY_PAYLOAD, VARIANTS, WORKERS_DUEL, Cell, Measurement
 from loadtest.payloads import ModelPayloads
 from loadtest.processes import cpu_seconds, machine, on_core, pinned, steal_ticks, thread_cpu_seconds, wait_idle
 from loadtest.report import chart, markdown, summarise
@@ -30,9 +30,11 @@ TABSERVE_VARIANTS: dict[str, dict[str, str]] = {
     "tabserve": {},
     "tabserve-nobatch": {"SERVE_MAX_BATCH_SIZE": "1"},
     "tabserve-twin": {},
+    "tabserve-workers": {"SERVE_WORKERS": "2"},
 }
 """The twin is tabserve again, an A/A control: tabserve against it shows how far from 1 a ratio between
-two identical servers lands, the noise that any batching on/off ratio carries too."""
+two identical servers lands, the noise that any batching on/off ratio carries too. tabserve-workers is
+two worker processes, pinned to core 0 like every server, so that it meets one worker on equal terms."""
 
 Item = TypeVar("Item")
 
@@ -134,6 +136,17 @@ def in_process_rows_per_s(
     return calls * len(batches[0]) / (time.perf_counter() - started)
 
 
+def duels_of(payload: str, connections: int, top: int) -> list[str]:
+    """Whom tabserve meets side by side in this cell: DUELS at every load, and 2 workers at the top load.
+
+    2 workers against 1 is a cost per CPU-second (issue 21: >= 0.95x), so they share core 0 with one
+    worker and with each other: unpinned, the workers and wrk share both cores, and one after the other
+    the same server's requests per CPU-second ranged 2.9k-4.9k within a minute on this machine (A/A
+    0.65-1.21), too wide to judge 5 %. Side by side, the twin meets tabserve in the same cell (A/A)."""
+    workers = ["tabserve-workers", "tabserve-twin"] if (payload, connections) == (WORKERS_DUEL, top) else []
+    return [*DUELS.get(payload, []), *workers]
+
+
 def draw_payloads(base: str, example: str) -> tuple[ModelPayloads, dict[int, list[list[int]]], dict[str, list[Any]]]:
     """The model's payload builder, the seeded row batches, and the request bodies built from them.
 
@@ -187,7 +200,7 @@ def run_benchmark(
                         print(f"rep {rep + 1} {payload_name:>14} c={connections:<3} {system:<17} "
                               f"{measured.requests_per_s:9.0f} req/s p50 {measured.p50_ms:7.3f} ms "
                               f"errors {measured.errors} steal {measured.steal_share:.0%}", flush=True)  # fmt: skip
-                    for other in DUELS.get(payload_name, []):
+                    for other in duels_of(payload_name, connections, max(loads)):
                         wait_idle(pids)
                         mine, theirs = measure(wrk, [started["tabserve"], started[other]], bodies[payload_name],
                                                connections, rows, duration_s)  # fmt: skip

@@ -72,3 +72,5 @@ after the other, 1-s runs of one server (100-row JSON, one connection) ranged 10
 side, 5 s per duel, tabserve, its twin and batching off (all on one path at one connection) came within
 1.4 % of each other per CPU second in 12 duels out of 12, while their req/s moved from 415 to 710.
 """
+WORKERS_DUEL = "1-row json"
+"""The payload on which tabserve meets two workers of itself, side by side, at the top load."""

@@ -27,16 +27,35 @@ def cpu_seconds(pid: int) -> float:
 
 
 def thread_cpu_seconds(pid: int) -> float:
-    """CPU time of a process's live threads, to the nanosecond (schedstat); `cpu_seconds` counts 10-ms ticks.
+    """CPU time of the live threads of a process and of its descendants (a server's workers), to the
+    nanosecond (schedstat); `cpu_seconds` counts 10-ms ticks and children only once they have exited.
 
     A thread that ends takes its time with it, so this is for servers whose threads live as long as they
-    do (tabserve's are its event loop and thread pools), not for Flask's thread per request.
+    do (tabserve's are its event loop and thread pools, in each worker), not for Flask's thread per request.
     """
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for process in family(pid):
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            total += int((task / "schedstat").read_text().split()[0])
+            for task in Path(f"/proc/{process}/task").iterdir():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and every live process descended from it (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], [pid]
+    while pending:
+        process = pending.pop()
+        found.append(process)
+        pending.extend(children.get(process, ()))
+    return found
 
 
 def wait_idle(pids: list[int], timeout_s: float = 20.0) -> float:
@@ -46,11 +65,15 @@ def wait_idle(pids: list[int], timeout_s: float = 20.0) -> float:
     64 connections) after wrk stops; measured without this, that work landed on the next cell's server,
     which shares core 0, and cut it by up to 40 %.
     """
+
+    def busy() -> float:  # every process of each server: the workers of a server with several
+        return sum(cpu_seconds(process) for pid in pids for process in family(pid))
+
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        before = sum(cpu_seconds(pid) for pid in pids)
+        before = busy()
         time.sleep(0.25)
-        if sum(cpu_seconds(pid) for pid in pids) - before < 0.01:
+        if busy() - before < 0.01:
             break
     return time.monotonic() - started
 

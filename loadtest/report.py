@@ -113,6 +113,14 @@ def summarise(
     ratios[f"{top} conn 100-row binary: rows/s / in-process onnxruntime, one batch repeated (flattered)"] = (
         binary_rows / ceiling["repeated"][100]
     )
+    workers = duels.get(Cell("1-row json", top, "tabserve-workers").key, [])
+    if workers:  # tabserve / workers side by side, so the workers' figure is its inverse
+        name = f"{top} conn 1-row json: 2 workers / 1 worker per CPU-s, side by side on one core"
+        ranges[name] = [1 / ratio for ratio in workers]
+        ratios[name] = statistics.median(ranges[name])
+        figures["2 workers / 1 worker: requests per server CPU-s"] = ratio_figure(
+            ranges[name], duels.get(Cell("1-row json", top, "tabserve-twin").key, [])
+        )
     judged = judge(figures, "bench")
     return {
         "cells": cells,

@@ -94,7 +94,7 @@ TARGETS: tuple[Target, ...] = (
         for rows in ("1-row", "100-row")
     ),
     Target(
-        "2 workers / 1 worker: requests per server CPU-s", 0.95, ">=", "ratio", "none", "by hand (docs)", "issue 21"
+        "2 workers / 1 worker: requests per server CPU-s", 0.95, ">=", "ratio", "tabserve / twin", "bench", "issue 21"
     ),  # fmt: skip
 )
 """Explanations have their own goal (explanation rows/s >= 0.8x onnxruntime's), which depends on the model:

@@ -54,8 +54,11 @@ def test_figures_take_the_median_and_the_worst_a_a_repetition_as_noise() -> None
     assert failed([judge_one(AT_LEAST, figure), judge_one(AT_MOST, Figure(0.5))]) == [judge_one(AT_MOST, Figure(0.5))]
 
 
-def synthetic_run(tabserve_over_bare: dict[int, float], p50_gap_ms: float) -> dict[str, Any]:
-    """Raw results of a 3-repetition bench: bare at 10k req/s and its twin within 1 %, tabserve at the given share."""
+def synthetic_run(
+    tabserve_over_bare: dict[int, float], p50_gap_ms: float, one_over_two_workers: float = 1.0
+) -> dict[str, Any]:
+    """Raw results of a 3-repetition bench: bare at 10k req/s and its twin within 1 %, tabserve at the given
+    share, and one worker's requests per CPU-second over two workers' side by side."""
     raw: dict[str, list[dict[str, Any]]] = {}
 
     def add(payload: str, connections: int, system: str, rps: float, p50_ms: float, rows: int = 1) -> None:
@@ -80,7 +83,9 @@ def synthetic_run(tabserve_over_bare: dict[int, float], p50_gap_ms: float) -> di
             add("100-row binary", connections, "tabserve", 1_500, 1.0, rows=100)
             add("100-row binary", connections, "tabserve-nobatch", 1_400, 1.0, rows=100)
     duels = {Cell("100-row binary", 64, "tabserve-nobatch").key: [1.03, 1.04, 1.02],
-             Cell("100-row binary", 64, "tabserve-twin").key: [0.99, 1.0, 1.01]}  # fmt: skip
+             Cell("100-row binary", 64, "tabserve-twin").key: [0.99, 1.0, 1.01],
+             Cell("1-row json", 64, "tabserve-workers").key: [one_over_two_workers * x for x in (0.99, 1.0, 1.01)],
+             Cell("1-row json", 64, "tabserve-twin").key: [0.98, 1.0, 1.02]}  # fmt: skip
     ceilings = [{"varied": {1: 40_000.0, 100: 300_000.0}, "repeated": {1: 45_000.0, 100: 600_000.0}}] * 3
     generator = {"wrk_rps": 20_000.0, "locust_rps": 9_000.0, "locust_processes": 2, "locust_processes_rps": 12_600.0}
     return summarise(raw, duels, ceilings, generator)
@@ -102,11 +107,22 @@ def test_the_bench_report_judges_tabserve_against_bare_with_bare_twice_as_its_a_
     assert found["100-row binary, 64 conn: batching / no batching, side by side"] == "met"
     assert found["100-row json, 64 conn: batching / no batching, side by side"] == "not measured"
     assert found["100-row binary, 64 conn: rows/s / in-process onnxruntime"] == "met"  # 150k / 300k
+    assert found["2 workers / 1 worker: requests per server CPU-s"] == "met"
     noise = next(item["noise"] for item in report["targets"] if item["target"].startswith("1-row json, 8 conn"))
     assert noise == pytest.approx(0.01)
     table = markdown({**report, "in_process_rows_per_s": report["in_process_rows_per_s"]})
     assert "| 1-row json, 8 conn: tabserve / bare req/s >= 0.85 | issue 21 | 0.800 |" in table
     assert "| MISSED |" in table and "1.0% (bare / bare twin)" in table
+
+
+def test_two_workers_are_judged_per_cpu_second_against_one_with_the_twin_as_noise() -> None:
+    """The duel measures tabserve (one worker) over two workers: the target is its inverse."""
+    report = synthetic_run({1: 0.8, 8: 0.9, 64: 0.95}, p50_gap_ms=0.05, one_over_two_workers=1.1)
+    (workers,) = (item for item in report["targets"] if item["target"].startswith("2 workers"))
+    assert workers["value"] == pytest.approx(1 / 1.1) and workers["noise"] == pytest.approx(0.02)
+    assert workers["verdict"] == "MISSED"  # 0.909 < 0.95 x (1 - 0.02)
+    close = synthetic_run({1: 0.8, 8: 0.9, 64: 0.95}, p50_gap_ms=0.05, one_over_two_workers=1.06)
+    assert verdicts(close)["2 workers / 1 worker: requests per server CPU-s"] == "missed within noise"  # 0.943
 
 
 def test_the_bench_command_exits_non_zero_only_for_a_miss_beyond_the_noise(
