@@ -136,15 +136,29 @@ def in_process_rows_per_s(
     return calls * len(batches[0]) / (time.perf_counter() - started)
 
 
-def duels_of(payload: str, connections: int, top: int) -> list[str]:
-    """Whom tabserve meets side by side in this cell: DUELS at every load, and 2 workers at the top load.
+def duels_of(payload: str, connections: int, top: int) -> list[tuple[str, str]]:
+    """Who meets whom side by side in this cell, (system, opponent): tabserve against DUELS at every load;
+    on one-row JSON, tabserve against the bare endpoint and, as its A/A, the bare twin against it; and two
+    workers against one at the top load.
+
+    Ratios to bare measured one after the other carried 20-56 % of A/A noise in the runs of 2026-12-05;
+    side by side, per CPU-second, 0-3 %. Both are reported; the targets judge the throughput ratio.
 
     2 workers against 1 is a cost per CPU-second (issue 21: >= 0.95x), so they share core 0 with one
     worker and with each other: unpinned, the workers and wrk share both cores, and one after the other
     the same server's requests per CPU-second ranged 2.9k-4.9k within a minute on this machine (A/A
     0.65-1.21), too wide to judge 5 %. Side by side, the twin meets tabserve in the same cell (A/A)."""
-    workers = ["tabserve-workers", "tabserve-twin"] if (payload, connections) == (WORKERS_DUEL, top) else []
-    return [*DUELS.get(payload, []), *workers]
+    pairs = [("tabserve", other) for other in DUELS.get(payload, [])]
+    if payload == WORKERS_DUEL:
+        pairs += [("tabserve", "bare"), ("bare-twin", "bare")]
+        if connections == top:
+            pairs += [("tabserve", "tabserve-workers"), ("tabserve", "tabserve-twin")]
+    return pairs
+
+
+def duel_key(payload: str, connections: int, system: str, other: str) -> str:
+    """A duel's key in the results: tabserve's opponent as the cell's system, or "system | opponent"."""
+    return Cell(payload, connections, other if system == "tabserve" else f"{system} | {other}").key
 
 
 def draw_payloads(base: str, example: str) -> tuple[ModelPayloads, dict[int, list[list[int]]], dict[str, list[Any]]]:
@@ -200,16 +214,16 @@ def run_benchmark(
                         print(f"rep {rep + 1} {payload_name:>14} c={connections:<3} {system:<17} "
                               f"{measured.requests_per_s:9.0f} req/s p50 {measured.p50_ms:7.3f} ms "
                               f"errors {measured.errors} steal {measured.steal_share:.0%}", flush=True)  # fmt: skip
-                    for other in duels_of(payload_name, connections, max(loads)):
+                    for system, other in duels_of(payload_name, connections, max(loads)):
                         wait_idle(pids)
-                        mine, theirs = measure(wrk, [started["tabserve"], started[other]], bodies[payload_name],
+                        mine, theirs = measure(wrk, [started[system], started[other]], bodies[payload_name],
                                                connections, rows, duration_s)  # fmt: skip
-                        key = Cell(payload_name, connections, other).key
+                        key = duel_key(payload_name, connections, system, other)
                         # Per CPU second: the scheduler's split of the core is fair only on average
                         # (one 5-s duel gave 2.50 and 2.59 CPU seconds, which moved its ratio 4 %).
                         ratio = mine.rows_per_thread_cpu_second / theirs.rows_per_thread_cpu_second
                         duels.setdefault(key, []).append(ratio)
-                        print(f"rep {rep + 1} {payload_name:>14} c={connections:<3} tabserve | {other:<17} "
+                        print(f"rep {rep + 1} {payload_name:>14} c={connections:<3} {system} | {other:<17} "
                               f"{mine.requests_per_s:6.0f} | {theirs.requests_per_s:6.0f} req/s side by side, "
                               f"{ratio:.3f} per CPU-s, errors {mine.errors + theirs.errors}", flush=True)  # fmt: skip
             # Every repetition, on the servers' core: measured once at the end, the ceiling met a machine

@@ -113,6 +113,14 @@ def summarise(
     ratios[f"{top} conn 100-row binary: rows/s / in-process onnxruntime, one batch repeated (flattered)"] = (
         binary_rows / ceiling["repeated"][100]
     )
+    for connections in loads:
+        to_bare = duels.get(Cell("1-row json", connections, "bare").key, [])
+        if to_bare:  # side by side, per CPU-second: the precise figure beside the judged throughput ratio
+            name = f"{connections} conn 1-row json: tabserve / bare per CPU-s, side by side"
+            ratios[name], ranges[name] = statistics.median(to_bare), to_bare
+            twin = duels.get(Cell("1-row json", connections, "bare-twin | bare").key, [])
+            name = f"{connections} conn 1-row json: bare twin / bare per CPU-s, side by side (A/A: the noise)"
+            ratios[name], ranges[name] = (statistics.median(twin) if twin else float("nan")), twin
     workers = duels.get(Cell("1-row json", top, "tabserve-workers").key, [])
     if workers:  # tabserve / workers side by side, so the workers' figure is its inverse
         name = f"{top} conn 1-row json: 2 workers / 1 worker per CPU-s, side by side on one core"

@@ -85,7 +85,9 @@ def synthetic_run(
     duels = {Cell("100-row binary", 64, "tabserve-nobatch").key: [1.03, 1.04, 1.02],
              Cell("100-row binary", 64, "tabserve-twin").key: [0.99, 1.0, 1.01],
              Cell("1-row json", 64, "tabserve-workers").key: [one_over_two_workers * x for x in (0.99, 1.0, 1.01)],
-             Cell("1-row json", 64, "tabserve-twin").key: [0.98, 1.0, 1.02]}  # fmt: skip
+             Cell("1-row json", 64, "tabserve-twin").key: [0.98, 1.0, 1.02],
+             Cell("1-row json", 64, "bare").key: [0.78, 0.8, 0.79],
+             Cell("1-row json", 64, "bare-twin | bare").key: [1.01, 0.99, 1.0]}  # fmt: skip
     ceilings = [{"varied": {1: 40_000.0, 100: 300_000.0}, "repeated": {1: 45_000.0, 100: 600_000.0}}] * 3
     generator = {"wrk_rps": 20_000.0, "locust_rps": 9_000.0, "locust_processes": 2, "locust_processes_rps": 12_600.0}
     return summarise(raw, duels, ceilings, generator)
@@ -121,6 +123,9 @@ def test_two_workers_are_judged_per_cpu_second_against_one_with_the_twin_as_nois
     (workers,) = (item for item in report["targets"] if item["target"].startswith("2 workers"))
     assert workers["value"] == pytest.approx(1 / 1.1) and workers["noise"] == pytest.approx(0.02)
     assert workers["verdict"] == "MISSED"  # 0.909 < 0.95 x (1 - 0.02)
+    assert report["ratios"]["64 conn 1-row json: tabserve / bare per CPU-s, side by side"] == 0.79
+    control = "64 conn 1-row json: bare twin / bare per CPU-s, side by side (A/A: the noise)"
+    assert report["per_repetition"][control] == [1.01, 0.99, 1.0]
     close = synthetic_run({1: 0.8, 8: 0.9, 64: 0.95}, p50_gap_ms=0.05, one_over_two_workers=1.06)
     assert verdicts(close)["2 workers / 1 worker: requests per server CPU-s"] == "missed within noise"  # 0.943
 
