@@ -66,8 +66,14 @@ def wait_idle(pids: list[int], timeout_s: float = 20.0) -> float:
     which shares core 0, and cut it by up to 40 %.
     """
 
-    def busy() -> float:  # every process of each server: the workers of a server with several
-        return sum(cpu_seconds(process) for pid in pids for process in family(pid))
+    processes = [process for pid in pids for process in family(pid)]  # the workers of a server with several
+
+    def busy() -> float:
+        total = 0.0
+        for process in processes:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a worker that exited meanwhile
+                total += cpu_seconds(process)
+        return total
 
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:

@@ -165,7 +165,10 @@ QUALITY_FLUSH_S = 1.0
 async def _every(interval_s: float, call: Callable[[], None]) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        call()
+        try:
+            call()
+        except Exception:  # a full disk must not stop the figures for good: try again next time
+            logger.exception("%s failed; retrying in %.2f s", getattr(call, "__qualname__", call), interval_s)
 
 
 def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIApp:
@@ -222,16 +225,18 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
                     yield state
             finally:
                 lifecycle.ready = False
-                if grpc_server is not None:
-                    await grpc_server.stop(settings.shutdown_timeout_s)  # in-flight RPCs finish first
-                for task in (poller, flusher, follower, publisher):
-                    if task is not None:
-                        task.cancel()
-                explainer.close()
-                if fleet is not None:
-                    fleet.close()
-                await repository.close()
-                metrics.publish()  # the last requests of a worker that stops stay counted
+                try:
+                    if grpc_server is not None:
+                        await grpc_server.stop(settings.shutdown_timeout_s)  # in-flight RPCs finish first
+                    for task in (poller, flusher, follower, publisher):
+                        if task is not None:
+                            task.cancel()
+                    explainer.close()
+                    if fleet is not None:
+                        fleet.close()
+                    await repository.close()
+                finally:
+                    metrics.publish()  # the last requests of a worker that stops stay counted
 
     table = routes()
     app = Starlette(

@@ -1,7 +1,9 @@
 """Prometheus metrics, named by Prometheus conventions (base units, _total counters, _seconds).
 
-With several worker processes prometheus-client's multiprocess mode is used: PROMETHEUS_MULTIPROC_DIR
-is set by `python -m serve` before the workers start, and a scrape sums every process's files.
+Requests and batches are counted in plain Python tallies (serve/tallies.py). With several worker
+processes PROMETHEUS_MULTIPROC_DIR is set by `python -m serve` before the workers start: each worker
+publishes its tallies there (serve/shared_tallies.py), the other metrics go through prometheus-client's
+multiprocess mode, and a scrape adds up every process's files.
 """
 
 from __future__ import annotations
@@ -100,8 +102,12 @@ class Metrics:
         if self.shared is None:
             return list(self.registry.collect())
         requests, batches = self.shared.merged()
-        collectors = (MultiProcessCollector(None), TallyCollector(requests), BatchCollector(batches))  # type: ignore[no-untyped-call]
-        return [family for collector in collectors for family in collector.collect()]
+        tallied = [*TallyCollector(requests).collect(), *BatchCollector(batches).collect()]
+        names = {family.name for family in tallied}
+        # A directory reused from a version that wrote these families through prometheus-client would
+        # expose them twice; the tallies are the only source of them now.
+        files = [family for family in MultiProcessCollector(None).collect() if family.name not in names]  # type: ignore[no-untyped-call]
+        return [*files, *tallied]
 
     def explained(self, model: str, method: str, rows: int) -> None:
         self.explanations.labels(model, method).inc()

@@ -9,12 +9,16 @@ directory every PUBLISH_S seconds and when it stops. A scrape adds the other wor
 live tallies, so another worker's requests show up within PUBLISH_S.
 
 As with prometheus-client's own files, the counts of a worker that has exited stay counted (a restarted
-worker has a new pid and a new file), while its queue depth, a gauge, is left out.
+worker has a new file, named by its pid and start time, so a reused pid overwrites nothing), while its
+queue depth, a gauge, is left out. A worker that is killed, rather than stopped, loses what it counted
+since its last publication, at most PUBLISH_S. A scrape publishes first: what it shows is on disk, so
+no later scrape, by whichever worker, shows a counter lower than an earlier one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,8 @@ PUBLISH_S = 0.25
 
 PREFIX = "tallies-"
 
+logger = logging.getLogger("tabserve.metrics")
+
 
 class SharedTallies:
     """This worker's tallies (the dicts Metrics fills), published to `folder` and merged with the others'."""
@@ -36,20 +42,26 @@ class SharedTallies:
         self.folder = folder
         self.requests = requests
         self.batches = batches
-        self.path = folder / f"{PREFIX}{os.getpid()}.json"
+        self.path = folder / f"{PREFIX}{identity(os.getpid())}.json"
+        self._written = ""
+        self._refused: set[Path] = set()
 
     def publish(self) -> None:
-        """Write this worker's tallies; a reader sees the old file or the new one, never half of one."""
-        snapshot = {
+        """Write this worker's tallies, if they changed; a reader sees the old file or the new one, never half."""
+        snapshot = json.dumps({
             "requests": [[list(key), _request_state(tally)] for key, tally in list(self.requests.items())],
             "batches": [[list(key), vars(tally)] for key, tally in list(self.batches.items())],
-        }
+        })  # fmt: skip
+        if snapshot == self._written:  # an idle worker rewrites nothing
+            return
         partial = self.path.with_suffix(".tmp")
-        partial.write_text(json.dumps(snapshot))
+        partial.write_text(snapshot)
         os.replace(partial, self.path)
+        self._written = snapshot
 
     def merged(self) -> tuple[dict[tuple[str, ...], RequestTally], dict[tuple[str, str], BatchTally]]:
         """Every worker's tallies added up: this one's as they are now, the others' as last published."""
+        self.publish()
         requests: dict[tuple[str, ...], RequestTally] = {}
         batches: dict[tuple[str, str], BatchTally] = {}
         for key, tally in list(self.requests.items()):
@@ -61,13 +73,20 @@ class SharedTallies:
                 continue
             try:
                 snapshot = json.loads(path.read_text())
-            except FileNotFoundError:  # a tmp file renamed away between the glob and the read
+                other_requests = [(tuple(key), _request_tally(state)) for key, state in snapshot["requests"]]
+                other_batches = [((key[0], key[1]), _batch_tally(state)) for key, state in snapshot["batches"]]
+            except FileNotFoundError:  # gone since the glob: nothing to add
                 continue
-            live = _alive(int(path.stem.removeprefix(PREFIX)))
-            for key, state in snapshot["requests"]:
-                requests.setdefault(tuple(key), RequestTally()).add(_request_tally(state))
-            for key, state in snapshot["batches"]:
-                batches.setdefault((key[0], key[1]), BatchTally()).add(_batch_tally(state), live=live)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:  # not this version's, or not a snapshot
+                if path not in self._refused:
+                    self._refused.add(path)
+                    logger.warning("metrics: skipping %s, not a tally snapshot of this version: %s", path, exc)
+                continue
+            live = _alive(path.stem.removeprefix(PREFIX))
+            for key, tally in other_requests:
+                requests.setdefault(key, RequestTally()).add(tally)
+            for labels, batch in other_batches:
+                batches.setdefault(labels, BatchTally()).add(batch, live=live)
         return requests, batches
 
 
@@ -78,20 +97,45 @@ def _request_state(tally: RequestTally) -> dict[str, Any]:
 
 def _request_tally(state: dict[str, Any]) -> RequestTally:
     tally = RequestTally()
-    tally.by_status = {int(status): count for status, count in state["by_status"].items()}
-    tally.buckets, tally.total_seconds = state["buckets"], state["total_seconds"]
+    _same_buckets(tally.buckets, state["buckets"])
+    tally.by_status = {int(status): int(count) for status, count in state["by_status"].items()}
+    tally.buckets, tally.total_seconds = state["buckets"], float(state["total_seconds"])
     return tally
 
 
 def _batch_tally(state: dict[str, Any]) -> BatchTally:
     tally = BatchTally()
+    _same_buckets(tally.rows, state["rows"])
+    _same_buckets(tally.seconds, state["seconds"])
+    if state.keys() != vars(tally).keys():
+        raise KeyError(f"fields {sorted(state)}, expected {sorted(vars(tally))}")
     vars(tally).update(state)
     return tally
 
 
-def _alive(pid: int) -> bool:
+def _same_buckets(mine: list[int], theirs: list[int]) -> None:
+    if len(theirs) != len(mine):
+        raise ValueError(f"{len(theirs)} buckets, expected {len(mine)}")
+
+
+def identity(pid: int) -> str:
+    """`pid-starttime`: a process's start time (clock ticks since boot, /proc) tells a reused pid apart."""
     try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return f"{pid}-0"
+    return f"{pid}-{started}"
+
+
+def _alive(name: str) -> bool:
+    """Whether the process a file was named after still runs (the same one, not a later holder of its pid)."""
+    pid, _, started = name.partition("-")
+    if not pid.isdigit():
+        return False
+    if started != "0":
+        return identity(int(pid)) == name
+    try:
+        os.kill(int(pid), 0)  # no /proc: signal 0 only asks whether a process with this pid exists
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else

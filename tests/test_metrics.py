@@ -80,46 +80,59 @@ def test_batch_tallies_expose_what_prometheus_client_would() -> None:
 
 
 def test_several_workers_tallies_add_up_and_a_stopped_workers_queue_depth_does_not(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Three workers' requests and batches in one scrape: this process's live tallies, a running worker's
-    published file, and the file of one that has exited, whose counts stay but whose queue depth goes."""
+    """Three workers' requests and batches in one scrape: this process's live tallies (its own published
+    file not added again), a running worker's file, and the file of one that has exited, whose counts stay
+    but whose queue depth goes. Files that are not this version's snapshots are skipped, with a warning."""
     from prometheus_client import Gauge
 
     from serve.reports import BatchRecord
-    from serve.tallies import BATCH_ROWS, QUEUE_DEPTH, ROW_BUCKETS
+    from serve.shared_tallies import identity
+    from serve.tallies import BATCH_ROWS, INFERENCE_SECONDS, QUEUE_DEPTH, QUEUE_WAIT, ROW_BUCKETS
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     reference = CollectorRegistry()
-    requests = Counter(*REQUESTS, ("model", "version", "protocol", "status"), registry=reference)
-    latency = Histogram(*REQUEST_SECONDS, ("model", "version", "protocol"), buckets=LATENCY_BUCKETS, registry=reference)
-    rows = Histogram(*BATCH_ROWS, ("model", "version"), buckets=ROW_BUCKETS, registry=reference)
-    depth = Gauge(*QUEUE_DEPTH, ("model", "version"), registry=reference)
+    labels = ("model", "version")
+    requests = Counter(*REQUESTS, (*labels, "protocol", "status"), registry=reference)
+    latency = Histogram(*REQUEST_SECONDS, (*labels, "protocol"), buckets=LATENCY_BUCKETS, registry=reference)
+    rows = Histogram(*BATCH_ROWS, labels, buckets=ROW_BUCKETS, registry=reference)
+    seconds = Histogram(*INFERENCE_SECONDS, labels, buckets=LATENCY_BUCKETS, registry=reference)
+    wait = Counter(*QUEUE_WAIT, labels, registry=reference)
+    depth = Gauge(*QUEUE_DEPTH, labels, registry=reference)
     latency.labels("penguins", "1", "grpc")  # bound for every protocol when the version loads: zeros
     exited = max(int(path.name) for path in Path("/proc").iterdir() if path.name.isdigit()) + 1_000_000
-    workers = {exited: 5, os.getppid(): 3, os.getpid(): 2}  # pid -> its queue depth
-    for worker, (pid, queued) in enumerate(workers.items()):
+    # Whose file, named as its worker would name it -> its queue depth. The last one is this process.
+    workers = {f"{exited}-1": 5, identity(os.getppid()): 3, f"{os.getpid()}-1": 7, identity(os.getpid()): 2}
+    for worker, (name, queued) in enumerate(workers.items()):
         metrics = Metrics()
         observe = metrics.for_model("penguins", 1)
-        for status, seconds in OBSERVATIONS[worker::3]:
-            observe.requests["rest"](status, seconds)
+        for status, latency_s in OBSERVATIONS[worker::4]:
+            observe.requests["rest"](status, latency_s)
             requests.labels("penguins", "1", "rest", str(status)).inc()
-            latency.labels("penguins", "1", "rest").observe(seconds)
-        for count in ROW_BUCKETS[worker::3]:
-            observe.batch(BatchRecord(1, count, "success", 0, 0, 0, 0, queued))
+            latency.labels("penguins", "1", "rest").observe(latency_s)
+        for count, bound in zip(ROW_BUCKETS[worker::4], LATENCY_BUCKETS[worker::4], strict=False):
+            observe.batch(BatchRecord(1, count, "success", count * 1000, 10, int(bound * 1e9), 10, queued))
             rows.labels("penguins", "1").observe(count)
-        if pid != os.getpid():
-            metrics.publish()
-            (tmp_path / f"tallies-{os.getpid()}.json").rename(tmp_path / f"tallies-{pid}.json")
+            seconds.labels("penguins", "1").observe(bound)
+            wait.labels("penguins", "1").inc(count * 1000 / 1e9)
+        metrics.publish()
+        if name != identity(os.getpid()):  # another worker's: the pid before this process's (exited)
+            (tmp_path / f"tallies-{identity(os.getpid())}.json").rename(tmp_path / f"tallies-{name}.json")
     depth.labels("penguins", "1").set(3 + 2)
-    names = (REQUESTS[0], REQUEST_SECONDS[0], BATCH_ROWS[0], QUEUE_DEPTH[0])
+    (tmp_path / "tallies-1-1.json").write_text('{"requests": [[["penguins", "1", "rest"], {"buckets": [1]}]]}')
+    (tmp_path / "tallies-2-1.json").write_text("not json")
+    names = (REQUESTS[0], REQUEST_SECONDS[0], BATCH_ROWS[0], INFERENCE_SECONDS[0], QUEUE_WAIT[0], QUEUE_DEPTH[0])
 
     def lines(exposition: bytes) -> list[str]:
         """The samples, with sums rounded: the workers' sums are added in another order than one process's."""
         samples = (line.rsplit(" ", 1) for line in exposition.decode().splitlines()
                    if line.startswith(names) and "_created" not in line)  # fmt: skip
-        return sorted(f"{key} {round(float(value), 9) if '_sum{' in key else value}" for key, value in samples)
+        return sorted(f"{key} {round(float(value), 9) if '_sum{' in key or '_total{' in key else value}"
+                      for key, value in samples)  # fmt: skip
 
     expected = lines(generate_latest(reference))
-    assert any(line.startswith('tabserve_queue_depth{model="penguins",version="1"} 5.0') for line in expected)
+    assert 'tabserve_queue_depth{model="penguins",version="1"} 5.0' in expected
     assert lines(metrics.exposition()) == expected
+    assert lines(metrics.exposition()) == expected, "scraped again: nothing added twice"
+    assert sum("not a tally snapshot" in record.message for record in caplog.records) == 2, "each bad file once"

@@ -55,7 +55,10 @@ def test_figures_take_the_median_and_the_worst_a_a_repetition_as_noise() -> None
 
 
 def synthetic_run(
-    tabserve_over_bare: dict[int, float], p50_gap_ms: float, one_over_two_workers: float = 1.0
+    tabserve_over_bare: dict[int, float],
+    p50_gap_ms: float,
+    one_over_two_workers: float = 1.0,
+    more_duels: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
     """Raw results of a 3-repetition bench: bare at 10k req/s and its twin within 1 %, tabserve at the given
     share, and one worker's requests per CPU-second over two workers' side by side."""
@@ -90,7 +93,7 @@ def synthetic_run(
              Cell("1-row json", 64, "bare-twin | bare").key: [1.01, 0.99, 1.0]}  # fmt: skip
     ceilings = [{"varied": {1: 40_000.0, 100: 300_000.0}, "repeated": {1: 45_000.0, 100: 600_000.0}}] * 3
     generator = {"wrk_rps": 20_000.0, "locust_rps": 9_000.0, "locust_processes": 2, "locust_processes_rps": 12_600.0}
-    return summarise(raw, duels, ceilings, generator)
+    return summarise(raw, {**duels, **(more_duels or {})}, ceilings, generator)
 
 
 def verdicts(report: dict[str, Any]) -> dict[str, str]:
@@ -128,6 +131,23 @@ def test_two_workers_are_judged_per_cpu_second_against_one_with_the_twin_as_nois
     assert report["per_repetition"][control] == [1.01, 0.99, 1.0]
     close = synthetic_run({1: 0.8, 8: 0.9, 64: 0.95}, p50_gap_ms=0.05, one_over_two_workers=1.06)
     assert verdicts(close)["2 workers / 1 worker: requests per server CPU-s"] == "missed within noise"  # 0.943
+
+
+def test_every_duel_the_bench_runs_is_one_the_report_reads() -> None:
+    """duels_of and duel_key name the results as summarise looks them up: a mismatch would leave the
+    workers' target "not measured" and the side-by-side ratios to bare missing."""
+    from loadtest.bench import duel_key, duels_of
+
+    ran = {duel_key("1-row json", load, system, other): [1.0] for load in (1, 8, 64)
+           for system, other in duels_of("1-row json", load, top=64)}  # fmt: skip
+    assert len(ran) == 3 * 2 + 2
+    report = synthetic_run({1: 0.8, 8: 0.9, 64: 0.95}, p50_gap_ms=0.05, one_over_two_workers=1.1, more_duels=ran)
+    found = verdicts(report)
+    assert found["2 workers / 1 worker: requests per server CPU-s"] == "met"
+    for load in (1, 8, 64):
+        assert report["ratios"][f"{load} conn 1-row json: tabserve / bare per CPU-s, side by side"] == 1.0
+        control = f"{load} conn 1-row json: bare twin / bare per CPU-s, side by side (A/A: the noise)"
+        assert report["per_repetition"][control] == [1.0]
 
 
 def test_the_bench_command_exits_non_zero_only_for_a_miss_beyond_the_noise(
