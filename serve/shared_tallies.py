@@ -4,12 +4,12 @@ One process exposes the plain tallies of serve/tallies.py when scraped. Several 
 prometheus-client's multiprocess values, a locked memory-mapped file per update: measured on this
 project's machine, 10.6 us a request and 19 us a batch (0.6 and 1.2 for the plain tallies), and a
 one-worker server in that mode served 0.89x the requests per CPU-second of one without it. Now every
-worker keeps the same plain tallies and writes them whole to `tallies-<pid>.json` in the multiprocess
-directory every PUBLISH_S seconds and when it stops. A scrape adds the other workers' files to its own
-live tallies, so another worker's requests show up within PUBLISH_S.
+worker keeps the same plain tallies and writes them whole to `tallies-<pid>-<start time>.json` in the
+multiprocess directory every PUBLISH_S seconds and when it stops. A scrape adds the other workers' files
+to its own live tallies, so another worker's requests show up within PUBLISH_S.
 
 As with prometheus-client's own files, the counts of a worker that has exited stay counted (a restarted
-worker has a new file, named by its pid and start time, so a reused pid overwrites nothing), while its
+worker has a new file, and the start time keeps a reused pid from overwriting an old one), while its
 queue depth, a gauge, is left out. A worker that is killed, rather than stopped, loses what it counted
 since its last publication, at most PUBLISH_S. A scrape publishes first: what it shows is on disk, so
 no later scrape, by whichever worker, shows a counter lower than an earlier one.
