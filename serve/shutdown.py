@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from prometheus_client import multiprocess as multiprocess_files
 from uvicorn.supervisors import multiprocess
 
 from serve import backlog
@@ -67,6 +69,13 @@ class WorkerProcess(multiprocess.Process):
         if self._server is None:
             self._server = DrainingServer(self.config, self.drain_s)
         return self._server
+
+    def join(self) -> None:
+        """Wait for the worker to end, then drop its live gauges (the quality windows, explains in flight):
+        a worker that died, or was replaced, must not count in their sums. Its counters stay."""
+        super().join()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and self.pid is not None:
+            multiprocess_files.mark_process_dead(self.pid)  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager

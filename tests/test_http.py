@@ -230,7 +230,8 @@ def test_the_uvicorn_internals_tabserve_relies_on_are_still_there() -> None:
 
 def test_the_uvicorn_supervisor_internals_the_draining_workers_rely_on_are_still_there() -> None:
     """serve/shutdown.py runs its own server in uvicorn's worker processes: the supervisor must still build
-    workers from the module's `Process` name, and a worker must still build its server lazily."""
+    workers from the module's `Process` name, a worker must still build its server lazily, and every ended
+    worker must still be joined (where its live gauges are dropped)."""
     import inspect
 
     from uvicorn.supervisors import multiprocess
@@ -241,3 +242,5 @@ def test_the_uvicorn_supervisor_internals_the_draining_workers_rely_on_are_still
     assert "self._server" in server and "Server(config=self.config)" in server
     assert "self.server.run(sockets)" in inspect.getsource(multiprocess.Process.target)
     assert list(inspect.signature(uvicorn.Server.shutdown).parameters) == ["self", "sockets"]
+    for method in ("keep_subprocess_alive", "join_all"):
+        assert "process.join()" in inspect.getsource(getattr(multiprocess.Multiprocess, method))

@@ -185,23 +185,46 @@ def test_psi_matches_a_hand_computation_and_a_shifted_feature_alerts(repository:
 
 
 def test_several_workers_count_every_row_and_share_one_window(repository: Path) -> None:
+    """Both workers' rows are counted and their windows summed; once a worker is killed, its counts stay
+    but its window leaves the sum (the supervisor drops a dead worker's live gauges)."""
+    import os
+    import signal
+
     card = read_card(repository, "penguins")
     rows = known_rows(card)
-    with running_server(repository, {"SERVE_WORKERS": "2"}) as base:
-        with httpx.Client() as client:  # new connections spread over both workers
-            for _ in range(40):
-                client.post(f"{base}/v1/models/penguins:predict", json={"instances": rows},
-                            headers={"connection": "close"}).raise_for_status()  # fmt: skip
-        want = {key: count * 40 for key, count in expected_counts(card, rows).items()}
+    present = sum(1 for row in rows if row["island"])
+
+    def island(base: str) -> dict[str, Any]:
+        quality = httpx.get(f"{base}/v2/models/penguins/quality").json()
+        found: dict[str, Any] = next(item for item in quality["features"] if item["name"] == "island")
+        return found
+
+    # The access log gives every answer a request id that starts with its worker's pid, in hex.
+    with running_server(repository, {"SERVE_WORKERS": "2", "SERVE_ACCESS_LOG": "true"}) as base:
+        answered: Counter[int] = Counter()  # worker pid -> requests it answered
+        with httpx.Client() as client:  # new connections spread over both workers, as the kernel hands them
+            while sum(answered.values()) < 40 or (len(answered) < 2 and sum(answered.values()) < 200):
+                response = client.post(f"{base}/v1/models/penguins:predict", json={"instances": rows},
+                                       headers={"connection": "close"})  # fmt: skip
+                response.raise_for_status()
+                answered[int(response.headers["x-request-id"].split("-")[0], 16)] += 1
+        assert len(answered) == 2, answered
+        sent = sum(answered.values())
+        want = {key: count * sent for key, count in expected_counts(card, rows).items()}
         give_up = time.monotonic() + 15  # each worker counts its pending rows within a second
         while metric_counts(base, "penguins") != want:
             assert time.monotonic() < give_up, metric_counts(base, "penguins")
             time.sleep(0.2)
-        quality = httpx.get(f"{base}/v2/models/penguins/quality").json()
-    island = next(item for item in quality["features"] if item["name"] == "island")
-    present = sum(1 for row in rows if row["island"])
-    assert sum(island["window"]) == sum(island["counts"]) == 40 * present, "both workers' windows, summed"
-    assert island["psi"] is not None
+        both = island(base)
+        assert sum(both["window"]) == sum(both["counts"]) == sent * present, "both workers' windows, summed"
+        assert both["psi"] is not None
+        killed, survivor = answered
+        os.kill(killed, signal.SIGKILL)
+        give_up = time.monotonic() + 15  # the supervisor notices within a second or so and starts another
+        while sum(island(base)["window"]) != answered[survivor] * present:
+            assert time.monotonic() < give_up, (island(base)["window"], answered)
+            time.sleep(0.2)
+        assert metric_counts(base, "penguins") == want, "a dead worker's counts stay"
 
 
 def test_a_card_without_a_reference_still_counts_and_says_why_there_is_no_psi(repository: Path, tmp_path: Path) -> None:
