@@ -65,7 +65,6 @@ def wait_idle(pids: list[int], timeout_s: float = 20.0) -> float:
     64 connections) after wrk stops; measured without this, that work landed on the next cell's server,
     which shares core 0, and cut it by up to 40 %.
     """
-
     processes = [process for pid in pids for process in family(pid)]  # the workers of a server with several
 
     def busy() -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from prometheus_client import multiprocess as multiprocess_files
 from uvicorn.supervisors import multiprocess
 
 from serve import backlog
+from serve.metrics import multiprocess as metrics_shared
 from serve.state import Lifecycle
 
 logger = logging.getLogger("tabserve")
@@ -74,7 +74,7 @@ class WorkerProcess(multiprocess.Process):
         """Wait for the worker to end, then drop its live gauges (the quality windows, explains in flight):
         a worker that died, or was replaced, must not count in their sums. Its counters stay."""
         super().join()
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and self.pid is not None:
+        if metrics_shared() and self.pid is not None:
             multiprocess_files.mark_process_dead(self.pid)  # type: ignore[no-untyped-call]
 
 
