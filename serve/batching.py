@@ -2,40 +2,26 @@
 
 One worker coroutine owns the queue. When idle it sleeps on a future that the next `submit` wakes, so
 a lone request runs at once (Triton's dynamic batcher with zero delay); under load the next batch is
-whatever queued while the previous one ran. Each item owns its future: one result per request, rows in
-order, cancelled or expired items skipped, and a failing batch retried item by item so that only the
-request that breaks the model fails. Every run is reported to `on_batch` as a BatchRecord (statistics
-and metrics listen); the batcher keeps no counters of its own.
+whatever queued while the previous one ran. A request from a lone client skips even the wake-up: it
+runs in its caller's task (`_runs_alone` says when). Each item owns its future: one result per request,
+rows in order, cancelled or expired items skipped. serve/execution.py runs a batch (a failing one is
+retried item by item) and reports it to `on_batch`; the batcher keeps no counters of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import math
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
-from serve.columns import Feed, Inputs, Outputs, Signature, assemble, feed_signature, split
+from serve.columns import Feed, Inputs, Outputs, Signature, feed_signature
 from serve.deadlines import EarliestDeadline
-from serve.errors import DeadlineExceededError, InferenceFailedError, ModelNotReadyError, ServeError, ServerBusyError
-from serve.reports import BatchRecord, Outcome
+from serve.errors import DeadlineExceededError, ModelNotReadyError, ServerBusyError
+from serve.execution import Execution, Item
+from serve.reports import BatchRecord
 from serve.waves import Waves
-
-logger = logging.getLogger("tabserve.batching")
-
-
-@dataclass(slots=True)
-class _Item:
-    feed: Inputs
-    rows: int
-    signature: Signature
-    future: asyncio.Future[Outputs]
-    deadline: float
-    enqueued: float
 
 
 class MicroBatcher:
@@ -54,22 +40,28 @@ class MicroBatcher:
         name: str = "model",
         on_batch: Callable[[BatchRecord], None] | None = None,
     ) -> None:
-        self._run = run
         self._max_batch_size = max_batch_size
         self._delay_s = max_batch_delay_ms / 1000.0
         self._adaptive_wait_s = adaptive_wait_ms / 1000.0
         self._max_queue_size = max_queue_size
-        self._inline_batch_rows = inline_batch_rows if executor is not None else float("inf")
-        self._executor = executor
         self._name = name
-        self._on_batch = on_batch
-        self._queue: collections.deque[_Item] = collections.deque()
+        self._execution = Execution(
+            run,
+            inline_batch_rows=inline_batch_rows if executor is not None else float("inf"),
+            executor=executor,
+            name=name,
+            on_batch=on_batch,
+            queued=lambda: len(self._queue),
+        )
+        self._queue: collections.deque[Item] = collections.deque()
         self._queued_rows = 0
         self._wakeup: asyncio.Future[None] | None = None
         self._waves = Waves()
         self._gathered: asyncio.Future[None] | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._running: list[_Item] = []
+        self._company: int | None = None
+        """Requests queued in this pass of the loop behind one that ran alone; None when none ran alone."""
+        self._running: list[Item] = []
         """The batch being executed (a thread may be running it while the loop goes on)."""
         self._closing = False
         self._deadlines = EarliestDeadline(self._expire)
@@ -104,7 +96,14 @@ class MicroBatcher:
         future: asyncio.Future[Outputs] = loop.create_future()
         if signature is None:
             signature = feed_signature(feed)
-        self._queue.append(_Item(feed, rows, signature, future, deadline, loop.time()))
+        now = loop.time()
+        item = Item(feed, rows, signature, future, deadline, now)
+        if self._runs_alone(item, now):
+            self._run_alone(loop, item)
+            return future
+        if self._company is not None:
+            self._company += 1
+        self._queue.append(item)
         self._queued_rows += rows
         self._deadlines.watch(loop, deadline)
         if self._wakeup is not None and not self._wakeup.done():
@@ -112,6 +111,36 @@ class MicroBatcher:
         elif self._gathered is not None and self._gathered_enough():
             _resolve(self._gathered)
         return future
+
+    def _runs_alone(self, item: Item, now: float) -> bool:
+        """Whether `item` runs now, in its caller's task, saving the worker's wake-up and a second task step:
+        what a lone client pays for. Only when the worker is parked (nothing queued or running), the recent
+        batches had no company (Waves.size; under load requests wait to share a batch, as before), no
+        request ran this way earlier in this pass of the loop (those arriving with it queue, and count as
+        its company), no wait is configured, and the item is small enough to run inline and not yet late."""
+        return (
+            self._wakeup is not None
+            and self._company is None
+            and self._waves.size <= 1
+            and item.rows <= self._execution.inline_batch_rows
+            and not self._delay_s
+            and item.deadline > now
+        )
+
+    def _run_alone(self, loop: asyncio.AbstractEventLoop, item: Item) -> None:
+        self._company = 0
+        loop.call_soon(self._pass_over, loop)
+        self._running = [item]
+        try:
+            self._execution.execute_inline(self._running, item.rows)
+        finally:
+            self._running = []
+
+    def _pass_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The pass that ran a request alone is over: its wave was that request and the ones that queued
+        behind it, so two clients in step (a wave of two) go back to sharing batches."""
+        self._waves.batch_ended(1 + (self._company or 0), loop.time())
+        self._company = None
 
     def admit(self) -> None:
         """Raise what `submit` would refuse a request with now (a full queue, a closing batcher), so that a
@@ -158,7 +187,7 @@ class MicroBatcher:
             if batch:
                 self._running = batch
                 try:
-                    await self._execute(batch)
+                    await self._execution.execute(batch)
                 finally:
                     self._running = []
                     self._waves.batch_ended(len(batch), loop.time())
@@ -199,11 +228,11 @@ class MicroBatcher:
                     earliest = min(earliest, item.deadline)
         return earliest
 
-    def _take_batch(self, now: float) -> list[_Item]:
+    def _take_batch(self, now: float) -> list[Item]:
         """Pop live items with the first one's signature, up to max_batch_size rows (a big one alone)."""
-        batch: list[_Item] = []
+        batch: list[Item] = []
         rows = 0
-        skipped: list[_Item] = []
+        skipped: list[Item] = []
         while self._queue:
             item = self._queue[0]
             if item.future.done():  # its client left, or its deadline passed while it waited
@@ -225,66 +254,13 @@ class MicroBatcher:
         self._queued_rows += sum(item.rows for item in skipped)
         return batch
 
-    async def _execute(self, batch: list[_Item]) -> None:
-        rows = sum(item.rows for item in batch)
-        clock = time.perf_counter_ns
-        started = assembled = clock()
-        try:
-            feed = assemble([item.feed for item in batch], batch[0].signature)
-            assembled = clock()
-            if rows <= self._inline_batch_rows:
-                # A small batch takes tens of microseconds: a thread hand-off would cost more than it saves.
-                outputs = self._run(feed)
-            else:
-                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feed)
-        except Exception as exc:
-            if len(batch) > 1:
-                self._report(batch, rows, "retried", assembled - started, clock() - assembled, 0)
-                for item in batch:  # find the culprit: each request alone, neighbours unharmed
-                    await self._execute([item])
-                return
-            self._report(batch, rows, "failure", assembled - started, clock() - assembled, 0)
-            logger.warning("model %s failed on a %d-row request: %s", self._name, rows, exc)
-            _fail(batch, InferenceFailedError(f"model {self._name} failed on this input: {exc}"))
-            return
-        ran = clock()
-        try:
-            parts = split(outputs, [item.rows for item in batch])
-        except ValueError as exc:  # the model broke its own output contract: no input is to blame
-            logger.error("model %s: %s", self._name, exc)
-            _fail(batch, ServeError(f"model {self._name} returned malformed outputs: {exc}"))
-            return
-        self._report(batch, rows, "success", assembled - started, ran - assembled, clock() - ran)
-        for item, part in zip(batch, parts, strict=True):
-            if not item.future.done():
-                item.future.set_result(part)
-
-    def _report(self, batch: list[_Item], rows: int, outcome: Outcome, *ns: int) -> None:
-        if self._on_batch is None:
-            return
-        input_ns, infer_ns, output_ns = ns
-        queue_ns = 0
-        if outcome != "retried":
-            now = asyncio.get_running_loop().time()
-            spent = input_ns + infer_ns + output_ns
-            queue_ns = max(sum(int((now - item.enqueued) * 1e9) for item in batch) - spent * len(batch), 0)
-        self._on_batch(
-            BatchRecord(len(batch), rows, outcome, queue_ns, input_ns, infer_ns, output_ns, len(self._queue))
-        )
-
-
-def _fail(batch: list[_Item], exc: ServeError) -> None:
-    for item in batch:
-        if not item.future.done():
-            item.future.set_exception(exc)
-
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
 
-def _late_message(item: _Item, now: float, running: bool) -> str:
+def _late_message(item: Item, now: float, running: bool) -> str:
     waited_ms = (now - item.enqueued) * 1000
     where = "while its batch ran" if running else "in the queue, before running"
     return f"request passed its deadline {where}: no answer after {waited_ms:.0f} ms"

@@ -61,6 +61,8 @@ def test_the_core_knows_nothing_of_http() -> None:
     assert {module: names for module, names in leaks.items() if names} == {}
 
 
-def test_the_batcher_is_generic_over_what_it_runs() -> None:
-    names = imports(ROOT / "serve" / "batching.py")
+@pytest.mark.parametrize("module", ["batching", "execution"])
+def test_the_batcher_is_generic_over_what_it_runs(module: str) -> None:
+    names = imports(ROOT / "serve" / f"{module}.py")
+    assert names, module
     assert not any(within(name, ("serve.model", "serve.protocol", "serve.feeds", "onnxruntime")) for name in names)

@@ -392,3 +392,63 @@ def test_adaptive_wait_is_bounded_and_skipped_after_a_pause() -> None:
     assert 0.09 < waited < 0.5
     assert after_pause < 0.05
     assert model.batches == [[1.0, 2.0], [3.0], [4.0, 5.0], [6.0]]
+
+
+async def parked(batcher: MicroBatcher) -> MicroBatcher:
+    """The batcher once its worker has started and waits for work, as it does between requests."""
+    await asyncio.sleep(0)
+    return batcher
+
+
+def test_a_lone_request_to_an_idle_batcher_is_answered_before_submit_returns() -> None:
+    model = FakeModel()
+    stats = ModelStatistics()
+
+    async def scenario() -> tuple[bool, Outputs]:
+        async with MicroBatcher(model.run, on_batch=stats.record) as batcher:
+            await parked(batcher)
+            future = batcher.submit(rows(3.0), 1, FAR)
+            answered = future.done()  # no wake-up of the worker, no second task step
+            return answered, await future
+
+    answered, result = run(scenario)
+    assert answered and result["y"].tolist() == [[6.0]]
+    assert model.batches == [[3.0]] and model.threads == ["MainThread"]
+    assert (stats.inference_count, stats.execution_count, stats.success.count) == (1, 1, 1)
+
+
+def test_requests_arriving_with_one_that_ran_alone_share_the_next_batch_and_then_batch_together() -> None:
+    model = FakeModel()
+
+    async def scenario() -> list[list[float]]:
+        async with MicroBatcher(model.run, max_batch_size=1000) as batcher:
+            await parked(batcher)
+            waves = [[1, 2, 3], [4, 5, 6], [7]]
+            for wave in waves:  # clients in step: each wave arrives in one pass of the loop
+                results = await asyncio.gather(*[batcher.submit(rows(value), 1, FAR) for value in wave])
+                assert [part["y"].item() for part in results] == [2.0 * value for value in wave]
+            return model.batches
+
+    # The first of a wave after a quiet spell runs at once; the rest queue behind it and count as its
+    # company, so the next wave shares one batch, as does the lone request that follows.
+    assert run(scenario) == [[1.0], [2.0, 3.0], [4.0, 5.0, 6.0], [7.0]]
+
+
+def test_a_lone_request_keeps_its_deadline_and_fails_alone() -> None:
+    model = FakeModel()
+
+    async def scenario() -> list[Any]:
+        async with MicroBatcher(model.run) as batcher:
+            outcomes: list[Any] = []
+            for value, deadline in ((1.0, 0.0), (-1.0, FAR), (2.0, FAR)):
+                await parked(batcher)
+                future = batcher.submit(rows(value), 1, deadline)
+                outcomes.append(future.done())
+                outcomes.append((await asyncio.gather(future, return_exceptions=True))[0])
+            return outcomes
+
+    late_done, late, failed_done, failed, ok_done, ok = run(scenario)
+    assert isinstance(late, DeadlineExceededError) and not late_done  # a late one goes the usual way: refused
+    assert failed_done and isinstance(failed, InferenceFailedError) and "cannot score -1" in failed.message
+    assert ok_done and ok["y"].tolist() == [[4.0]]
+    assert model.batches == [[-1.0], [2.0]]
