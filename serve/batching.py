@@ -114,12 +114,13 @@ class MicroBatcher:
 
     def _runs_alone(self, item: Item, now: float) -> bool:
         """Whether `item` runs now, in its caller's task, saving the worker's wake-up and a second task step:
-        what a lone client pays for. Only when the worker is parked (nothing queued or running), the recent
+        what a lone client pays for. Only when the worker is parked and nothing is queued or running, the recent
         batches had no company (Waves.size; under load requests wait to share a batch, as before), no
         request ran this way earlier in this pass of the loop (those arriving with it queue, and count as
         its company), no wait is configured, and the item is small enough to run inline and not yet late."""
         return (
             self._wakeup is not None
+            and not self._queue  # the worker may be woken already: nobody may be overtaken
             and self._company is None
             and self._waves.size <= 1
             and item.rows <= self._execution.inline_batch_rows

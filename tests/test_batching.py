@@ -452,3 +452,19 @@ def test_a_lone_request_keeps_its_deadline_and_fails_alone() -> None:
     assert failed_done and isinstance(failed, InferenceFailedError) and "cannot score -1" in failed.message
     assert ok_done and ok["y"].tolist() == [[4.0]]
     assert model.batches == [[-1.0], [2.0]]
+
+
+def test_a_small_request_never_runs_alone_ahead_of_one_already_queued() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1, thread_name_prefix="ort") as executor:
+            async with MicroBatcher(model.run, inline_batch_rows=2, executor=executor) as batcher:
+                await parked(batcher)
+                large = batcher.submit(rows(1, 2, 3), 3, FAR)  # too large to run inline: it queues
+                small = batcher.submit(rows(4), 1, FAR)  # the worker is still parked, but not idle
+                assert not small.done()
+                await asyncio.gather(large, small)
+
+    run(scenario)
+    assert model.batches == [[1.0, 2.0, 3.0, 4.0]]
