@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from serve.columns import Feed, Inputs, Outputs, Signature, feed_signature
 from serve.deadlines import EarliestDeadline
 from serve.errors import DeadlineExceededError, ModelNotReadyError, ServerBusyError
-from serve.execution import Execution, Item
+from serve.execution import Execution, Item, fail
 from serve.reports import BatchRecord
 from serve.waves import Waves
 
@@ -167,9 +167,7 @@ class MicroBatcher:
                 await self._worker
             except asyncio.CancelledError:
                 pass
-        for item in self._queue:
-            if not item.future.done():
-                item.future.set_exception(ModelNotReadyError(f"model {self._name} shut down before running"))
+        fail(self._queue, ModelNotReadyError(f"model {self._name} shut down before running"))
         self._queue.clear()
         self._queued_rows = 0
 

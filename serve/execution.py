@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -19,7 +19,7 @@ from serve.columns import Feed, Inputs, Outputs, Signature, assemble, split
 from serve.errors import InferenceFailedError, ServeError
 from serve.reports import BatchRecord, Outcome
 
-logger = logging.getLogger("tabserve.batching")
+logger = logging.getLogger("tabserve.batching")  # the name it logged under before this module split off
 
 
 @dataclass(slots=True)
@@ -125,7 +125,8 @@ class Execution:
         self._on_batch(BatchRecord(len(batch), rows, outcome, queue_ns, input_ns, infer_ns, output_ns, self._queued()))
 
 
-def fail(batch: list[Item], exc: ServeError) -> None:
-    for item in batch:
+def fail(items: Iterable[Item], exc: ServeError) -> None:
+    """Settle every item still waiting with `exc`."""
+    for item in items:
         if not item.future.done():
             item.future.set_exception(exc)
