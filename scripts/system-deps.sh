@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive for real: Chromium for the playground test, Node.js + npm for the
-# Node example, promtool (Debian's prometheus package) for the alerting rules,
-# wrk for overload, openssl for TLS; and, to build and run the image, podman with runc and
-# debootstrap (for the stand-in base image) where no docker daemon answers. Installed only when missing;
-# needs root (CI and these machines run as root). Without root the image packages are only reported:
-# the image test then skips and says why.
+# Node example, Debian's prometheus package (promtool for the alerting rules, the server for the
+# dashboard's queries), wrk for overload, openssl for TLS; and, to build and run the image, podman
+# with runc and debootstrap (for the stand-in base image) where no docker daemon answers. Installed
+# only when missing; needs root (CI and these machines run as root). Without root the image packages
+# are only reported: the image test then skips and says why.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
@@ -12,7 +12,7 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)           # the overload test and the benchmark
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # the TLS test's self-signed certificate
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus) # promtool checks and unit-tests the alerting rules
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus) # rules, dashboard
 image=()
 if ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then
   command -v podman >/dev/null 2>&1 || image+=(podman)
