@@ -73,12 +73,12 @@ def query(api: str, expr: str) -> list[dict[str, Any]]:
 
 
 class Traffic:
-    """Clients sending what each panel is about, until stopped: good and bad requests to every model, a
-    repeated one (cache hits), odd penguins (unseen, out of range, missing), explanations, and more at once
-    than SERVE_MAX_IN_FLIGHT lets through (rejections)."""
+    """Clients sending what each panel is about, until stopped: new and repeated rows (batches, cache hits),
+    a bad request, odd penguins (unseen, out of range, missing), explanations, and more at once than
+    SERVE_MAX_IN_FLIGHT lets through (rejections)."""
 
     def __init__(self, url: str, clients: int = 6) -> None:
-        self.url, self.clients = url, clients
+        self.url = url
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self._send, args=(index,), daemon=True) for index in range(clients)]
 
