@@ -92,6 +92,8 @@ def split(outputs: Feed, rows: list[int]) -> list[Outputs]:
     """Cut every output along its first (batch) axis back into per-request parts."""
     total = sum(rows)
     for name, array in outputs.items():
+        if not isinstance(array, np.ndarray):  # onnxruntime gives a list for a sequence or map output
+            raise ValueError(f"output {name!r} is a {type(array).__name__}, not a batch of {total} rows")
         if array.ndim == 0 or array.shape[0] != total:
             raise ValueError(f"output {name!r} has shape {list(array.shape)}, not a batch of {total} rows")
     if len(rows) == 1:

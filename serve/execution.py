@@ -55,6 +55,7 @@ class Execution:
         self._on_batch = on_batch
         self._queued = queued
         """How many requests wait behind the batch, for its BatchRecord."""
+        self._reporting_failed = False
 
     async def execute(self, batch: list[Item]) -> None:
         rows = sum(item.rows for item in batch)
@@ -122,7 +123,18 @@ class Execution:
             now = asyncio.get_running_loop().time()
             spent = input_ns + infer_ns + output_ns
             queue_ns = max(sum(int((now - item.enqueued) * 1e9) for item in batch) - spent * len(batch), 0)
-        self._on_batch(BatchRecord(len(batch), rows, outcome, queue_ns, input_ns, infer_ns, output_ns, self._queued()))
+        record = BatchRecord(len(batch), rows, outcome, queue_ns, input_ns, infer_ns, output_ns, self._queued())
+        try:
+            self._on_batch(record)
+        except Exception:
+            # Statistics are not worth an answer. An exception here used to escape `execute` and end the
+            # worker with its batch's futures unsettled: those requests hung (deadlines are watched in the
+            # queue and the running batch only), and later ones waited out their deadlines in a queue nobody
+            # ran. Said once: a broken reporter fails on every batch.
+            if not self._reporting_failed:
+                self._reporting_failed = True
+                logger.exception("model %s: reporting a batch failed (answers are unaffected; not logged again)",
+                                 self._name)  # fmt: skip
 
 
 def fail(items: Iterable[Item], exc: ServeError) -> None:

@@ -14,7 +14,13 @@ import pytest
 
 from serve.batching import MicroBatcher
 from serve.columns import Feed, Outputs
-from serve.errors import DeadlineExceededError, InferenceFailedError, ModelNotReadyError, ServerBusyError
+from serve.errors import (
+    DeadlineExceededError,
+    InferenceFailedError,
+    ModelNotReadyError,
+    ServeError,
+    ServerBusyError,
+)
 from serve.reports import BatchRecord
 from serve.statistics import ModelStatistics
 
@@ -158,6 +164,51 @@ def test_a_failing_request_fails_alone_and_its_batch_neighbours_succeed() -> Non
     good, bad, other = run(scenario)
     assert good["y"].tolist() == [[2.0]] and other["y"].tolist() == [[6.0]]
     assert isinstance(bad, InferenceFailedError) and "cannot score -1" in bad.message
+
+
+def test_a_failing_batch_report_costs_no_answer_and_the_batcher_keeps_serving(caplog: pytest.LogCaptureFixture) -> None:
+    """Before: the report's exception ended the worker with its batch unanswered, and those requests hung."""
+    model = FakeModel()
+
+    def broken(record: BatchRecord) -> None:
+        raise RuntimeError("a statistics bug")
+
+    async def scenario() -> list[list[float]]:
+        async with MicroBatcher(model.run, on_batch=broken) as batcher:
+            await parked(batcher)
+            answers = []
+            for wave in ([1], [2, 3], [4, 5]):  # alone in its caller's task; alone, then queued; one batch
+                futures = [batcher.submit(rows(value), 1, FAR) for value in wave]
+                answers.append([part["y"].item() for part in await asyncio.wait_for(asyncio.gather(*futures), 5)])
+            return answers
+
+    assert run(scenario) == [[2.0], [4.0, 6.0], [8.0, 10.0]]
+    assert model.batches == [[1.0], [2.0], [3.0], [4.0, 5.0]]
+    logged = [record for record in caplog.records if record.name == "tabserve.batching"]
+    assert len(logged) == 1 and "reporting a batch failed" in logged[0].getMessage(), "said once, not per batch"
+
+
+def test_a_model_answering_with_a_non_tensor_fails_its_batch_and_the_batcher_keeps_serving() -> None:
+    """Before: a list output (onnxruntime's sequence outputs) broke `split` outside its checks, and hung."""
+    model = FakeModel()
+
+    def sequence_on_seven(feed: Feed) -> Feed:
+        outputs = model.run(feed)
+        return {**outputs, "y": outputs["y"].tolist()} if (feed["x"] == 7).any() else outputs
+
+    async def scenario() -> list[Any]:
+        async with MicroBatcher(sequence_on_seven) as batcher:
+            outcomes = []
+            for wave in ([7, 1], [2]):
+                futures = [batcher.submit(rows(value), 1, FAR) for value in wave]
+                outcomes += await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 5)
+            return outcomes
+
+    seven, one, two = run(scenario)
+    for failed in (seven, one):  # no input is to blame, so the whole batch fails
+        assert isinstance(failed, ServeError) and failed.status == 500
+        assert "output 'y' is a list, not a batch of 2 rows" in failed.message
+    assert two["y"].tolist() == [[4.0]]
 
 
 def test_requests_with_different_datatypes_never_share_a_batch() -> None:
