@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 from serve.columns import Feed, Inputs, Outputs, Signature, feed_signature
 from serve.deadlines import EarliestDeadline
-from serve.errors import DeadlineExceededError, ModelNotReadyError, ServerBusyError
+from serve.errors import INTERNAL_ERROR, DeadlineExceededError, ModelNotReadyError, ServerBusyError
 from serve.execution import Execution, Item, fail
 from serve.reports import BatchRecord
 from serve.waves import Waves
+
+logger = logging.getLogger("tabserve.batching")
 
 
 class MicroBatcher:
@@ -187,6 +190,11 @@ class MicroBatcher:
                 self._running = batch
                 try:
                     await self._execution.execute(batch)
+                except Exception:
+                    # The last guard, as every background loop here has: an escaped exception would end the
+                    # worker with this batch unanswered, past its deadlines, and nobody running the queue.
+                    logger.exception("model %s: running a batch of %d requests failed", self._name, len(batch))
+                    fail(batch, INTERNAL_ERROR)
                 finally:
                     self._running = []
                     self._waves.batch_ended(len(batch), loop.time())

@@ -211,6 +211,31 @@ def test_a_model_answering_with_a_non_tensor_fails_its_batch_and_the_batcher_kee
     assert two["y"].tolist() == [[4.0]]
 
 
+def test_whatever_breaks_in_a_batch_its_requests_get_an_answer_and_the_worker_carries_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The worker's last guard: here a model answering with no outputs at all, which nothing else checks."""
+    model = FakeModel()
+
+    def nothing_on_seven(feed: Feed) -> Feed:
+        outputs = model.run(feed)
+        return None if (feed["x"] == 7).any() else outputs  # type: ignore[return-value]
+
+    async def scenario() -> list[Any]:
+        async with MicroBatcher(nothing_on_seven) as batcher:
+            outcomes = []
+            for wave in ([7, 1], [2, 3]):  # both waves queue for the worker
+                futures = [batcher.submit(rows(value), 1, FAR) for value in wave]
+                outcomes += await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 5)
+            return outcomes
+
+    seven, one, two, three = run(scenario)
+    for failed in (seven, one):
+        assert isinstance(failed, ServeError) and failed.status == 500 and "see the server log" in failed.message
+    assert (two["y"].item(), three["y"].item()) == (4.0, 6.0)
+    assert any("running a batch of 2 requests failed" in record.getMessage() for record in caplog.records)
+
+
 def test_requests_with_different_datatypes_never_share_a_batch() -> None:
     model = FakeModel()
 
