@@ -127,10 +127,8 @@ class Execution:
         try:
             self._on_batch(record)
         except Exception:
-            # Statistics are not worth an answer. An exception here used to escape `execute` and end the
-            # worker with its batch's futures unsettled: those requests hung (deadlines are watched in the
-            # queue and the running batch only), and later ones waited out their deadlines in a queue nobody
-            # ran. Said once: a broken reporter fails on every batch.
+            # Statistics are not worth an answer (a raising reporter once left its batch unanswered, hung
+            # past its deadlines). Said once: a broken reporter fails on every batch.
             if not self._reporting_failed:
                 self._reporting_failed = True
                 logger.exception("model %s: reporting a batch failed (answers are unaffected; not logged again)",
