@@ -34,9 +34,12 @@ def test_the_dashboard_is_laid_out_on_grafanas_grid_with_its_variables() -> None
     dashboard = json.loads(DASHBOARD.read_text())
     variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    assert variables["model"]["definition"] == "label_values(tabserve_requests_total, model)"
+    model = variables["model"]
+    assert model["query"] == model["definition"] == "label_values(tabserve_requests_total, model)"
     titles = [panel["title"] for panel in panels()]
     assert len(titles) == len(set(titles)), "one title per panel"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)) and all(isinstance(number, int) for number in ids), "unique panel ids"
     taken: set[tuple[int, int]] = set()
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
@@ -124,6 +127,10 @@ def test_every_dashboard_query_runs_on_prometheus_and_shows_the_servers_series(m
                 assert time.monotonic() < deadline, "Prometheus saw no traffic or no rejection in 30 s"
                 time.sleep(0.5)
             time.sleep(1)
+        # The model selector lists the values of a label that the server's series carry.
+        variable = json.loads(DASHBOARD.read_text())["templating"]["list"][1]["query"]
+        source = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable)
+        assert source and query(api, f"count by ({source[2]}) ({source[1]})"), variable
         for panel in panels():
             for target in panel["targets"]:
                 expr = target["expr"].replace("$__rate_interval", WINDOW).replace("$model", ".+")
