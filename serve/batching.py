@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 
 from serve.columns import Feed, Inputs, Outputs, Signature, feed_signature
 from serve.deadlines import EarliestDeadline
-from serve.errors import INTERNAL_ERROR, DeadlineExceededError, ModelNotReadyError, ServerBusyError
+from serve.errors import INTERNAL_ERROR, DeadlineExceededError, ModelNotReadyError, ServeError, ServerBusyError
 from serve.execution import Execution, Item, fail
 from serve.reports import BatchRecord
 from serve.waves import Waves
@@ -194,7 +194,7 @@ class MicroBatcher:
                     # The last guard, as every background loop here has: an escaped exception would end the
                     # worker with this batch unanswered, past its deadlines, and nobody running the queue.
                     logger.exception("model %s: running a batch of %d requests failed", self._name, len(batch))
-                    fail(batch, INTERNAL_ERROR)
+                    fail(batch, ServeError(INTERNAL_ERROR.message))  # a fresh one: raising gives it a traceback
                 finally:
                     self._running = []
                     self._waves.batch_ended(len(batch), loop.time())
