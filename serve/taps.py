@@ -117,9 +117,9 @@ class InputTap:
 
     def slots(self, parts: list[Mapping[str, Any]]) -> npt.NDArray[np.intp]:
         """The slots of every row of `parts` (tapped outputs of consecutive batches), in order."""
-        width = len(self.weights)
-        one_hot = np.concatenate([part[self.one_hot].reshape(-1, width) for part in parts])
-        missing = np.concatenate([part[self.missing].reshape(-1) for part in parts])
+        # Joined as they come ([rows, ...] either way) and reshaped once: a reshape per part cost ~8 ns a row.
+        one_hot = np.concatenate([part[self.one_hot] for part in parts]).reshape(-1, len(self.weights))
+        missing = np.concatenate([part[self.missing] for part in parts]).reshape(-1)
         slot = (one_hot @ self.weights).astype(np.intp)
         slot += self.unseen
         slot[missing] = self.missing_slot

@@ -311,24 +311,24 @@ def test_a_tally_counts_like_a_value_by_value_reference_whatever_shape_its_parts
     generator = np.random.default_rng(7)
     edges = np.array([2.0, 4.0, 6.0, 8.0], dtype=np.float32)
     numeric = Tally("x", "numeric", 1.0, 9.0, (), edges.astype(np.float64), np.full(5, 0.2), window_rows=50)
-    values = generator.uniform(-2, 12, 320).astype(np.float32)
+    values = generator.uniform(-2, 12, 380).astype(np.float32)
     values[::7] = np.nan
     values[5] = 9.0  # the range's ends are in range
     values[6] = 1.0
     parts: list[Any] = [values[:100].reshape(-1, 1), values[100:200].reshape(-1, 1)]
     numeric.count(_joined(parts, "numeric"))
     numeric.count(_joined([values[200:210].astype(np.float64).tolist(), values[210:230].reshape(-1, 1)], "numeric"))
-    # 230-260 wraps the ring's end, and 300-320 moves out the rows it wrote there.
-    for start, end in [(230, 260), (260, 300), (300, 320)]:
+    # The window (50 rows) after every part: chunks of 1 to 60 rows, small ones joined, old ones dropped.
+    for start, end in [(230, 231), (231, 232), (232, 260), (260, 300), (300, 303), (303, 320), (320, 380)]:
         numeric.count(_joined([values[start:end].reshape(-1, 1)], "numeric"))
+        recent = values[:end][-50:]
+        recent_bins = Counter(find_bin(edges.tolist(), value) for value in recent[~np.isnan(recent)].tolist())
+        assert numeric.window().tolist() == [recent_bins[index] for index in range(5)], end
     finite = values[~np.isnan(values)].astype(np.float64)
-    assert (numeric.values, numeric.missing) == (320, int(np.isnan(values).sum()))
+    assert (numeric.values, numeric.missing) == (380, int(np.isnan(values).sum()))
     assert (numeric.low, numeric.high) == (int((finite < 1.0).sum()), int((finite > 9.0).sum()))
     want = Counter(min(max(find_bin(edges.tolist(), value), 0), 4) for value in finite.tolist())
     assert numeric.bins.tolist() == [want[index] for index in range(5)]
-    recent = values[-50:]
-    recent_bins = Counter(find_bin(edges.tolist(), value) for value in recent[~np.isnan(recent)].astype(float).tolist())
-    assert numeric.window().tolist() == [recent_bins[index] for index in range(5)]
 
     categorical = Tally("c", "categorical", None, None, ("a", "b"), None, None, window_rows=4)
     categorical.count(_joined([np.array([["a"], ["b"]], dtype=object), np.array([["zz"], [""]], dtype=object)],

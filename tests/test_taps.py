@@ -22,7 +22,7 @@ def figures(monitor: QualityMonitor) -> list[tuple[Any, ...]]:
     monitor.flush()
     tallies = [*monitor.inputs, *([monitor.prediction] if monitor.prediction else [])]
     return [(tally.name, tally.values, tally.missing, tally.unseen, tally.low, tally.high, tally.bins.tolist(),
-             tally.window().tolist(), tally.ring.tolist()) for tally in tallies]  # fmt: skip
+             tally.window().tolist()) for tally in tallies]  # fmt: skip
 
 
 def penguin_batches(model: Model, batches: int, seed: int) -> list[dict[str, Any]]:
