@@ -303,8 +303,9 @@ def test_the_alerting_rules_parse_and_name_only_metrics_and_labels_the_server_ex
 
 
 def test_a_tally_counts_like_a_value_by_value_reference_whatever_shape_its_parts_arrive_in() -> None:
-    """The vectorised paths (a pass per cut, one concatenation of the batcher's arrays, categories through a
-    dict with a default) against the binning rule applied to one value at a time."""
+    """The vectorised paths (every cut compared with every value at once, one concatenation of the batcher's
+    arrays, categories through a dict with a default, the window's chunks) against the binning rule applied
+    to one value at a time."""
     from serve.quality import _joined
     from serve.watched import Tally
 
