@@ -135,7 +135,8 @@ class Tally:
         once a second, rather than every flush: ~60 ns a row of counting, measured in process)."""
         if self._recent and len(self._recent[-1][0]) < self.window_rows // CHUNKS_PER_WINDOW:
             # Joined to a small newest chunk: a quiet stream flushes a few rows a second, and a window of
-            # one-row chunks would hold ~250 bytes of arrays for each row. So at most ~18 chunks.
+            # one-row chunks would hold ~250 bytes of arrays for each row. So ~18 chunks at most once the
+            # window is a few hundred rows (the default is 10,000); a smaller window keeps a chunk per flush.
             last, last_counted = self._recent.pop()
             self._recent.append((np.concatenate((last, slot)), last_counted + counted))
         else:
