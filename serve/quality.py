@@ -54,8 +54,8 @@ class QualityMonitor:
         self.label_scores: LabelScores | None = None
         self.on_publish: Callable[[], None] | None = None
         """Told to export what was counted (to the metrics): by `publish`, on reads and every second."""
-        self._tapped_inputs: list[str] = []
-        """The taps' tensor names: a batch whose outputs have them is counted off them."""
+        self._tap_marker: str | None = None
+        """A tap's tensor: a batch whose outputs have it has every tap's (Model.run_tapped) and is counted off them."""
         self._pending: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
         self._pending_rows = 0
         self._lock = threading.Lock()
@@ -67,13 +67,13 @@ class QualityMonitor:
             reader = None if tap is None else InputTap.from_card(tap, tally.categories, tally.missing_slot)
             if reader is not None:
                 self.taps[tally.name] = reader
-        self._tapped_inputs = [tap.one_hot for tap in self.taps.values()]
+        self._tap_marker = next((tap.one_hot for tap in self.taps.values()), None)
         if scores is not None and self.prediction is not None and self.prediction.kind == "categorical":
             self.label_scores = LabelScores(scores, np.array(self.prediction.categories, dtype=object))
 
     def record(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any], rows: int) -> None:
         """A scored batch (or a cached answer): its input columns and its outputs (tapped ones too), counted later."""
-        if self._tapped_inputs and self._tapped_inputs[0] in outputs:
+        if self._tap_marker is not None and self._tap_marker in outputs:
             # Counted off the taps: the batch's strings are let go now, while warm, not at the flush.
             inputs = {name: column for name, column in inputs.items() if name not in self.taps}
         with self._lock:
