@@ -112,6 +112,18 @@ def test_the_background_loads_as_arrays_of_the_model_inputs(model_dir: Path) -> 
     model.run(model.background)  # a batch the model scores as is
 
 
+def test_a_model_scores_through_onnxruntimes_binding_with_the_public_runs_answers(model_dir: Path) -> None:
+    model = Model("penguins", 1, model_dir / "penguins" / "1", SessionOptions())
+    assert model.background is not None
+    public = model.session.run(list(model.output_names), model.background)
+    direct = model.run(model.background)
+    for name, want in zip(model.output_names, public, strict=True):
+        assert direct[name].tolist() == want.tolist()
+    # serve/model.py calls this binding to skip the public run's per-call checks (~25 us a served
+    # one-row request); an onnxruntime without it still serves, only slower, and fails here instead.
+    assert hasattr(model.session, "_sess")
+
+
 @pytest.mark.parametrize("file_name", [BACKGROUND_FILE, GOLDEN_FILE])
 def test_a_tampered_file_is_refused_at_load_naming_it(model_dir: Path, tmp_path: Path, file_name: str) -> None:
     folder = copy_version(model_dir, tmp_path, "penguins")
