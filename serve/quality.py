@@ -7,7 +7,7 @@ against the training shares.
 
 Counting costs the hot path one list append per batch: batches wait in `pending` and are counted
 together, vectorised, once FLUSH_ROWS rows or FLUSH_BATCHES batches have gathered, when someone reads
-the figures, and at least every second (serve/app.py), since a numpy call costs about a microsecond
+the figures (and each second with several workers, serve/app.py), since a numpy call costs about a microsecond
 whatever its size and a one-row batch has a column per input. Categorical inputs and a classifier's label
 are read off the model's own tensors where they can be (serve/taps.py; inputs in batches of 32 rows or
 more), not hashed string by string.
@@ -53,7 +53,7 @@ class QualityMonitor:
         """Input name -> how to read its slots off the model's tensors (serve/taps.py), once checked."""
         self.label_scores: LabelScores | None = None
         self.on_publish: Callable[[], None] | None = None
-        """Told to export what was counted (to the metrics): by `publish`, on reads and every second."""
+        """Told to export what was counted (to the metrics): by `publish`, on reads (and each second with workers)."""
         self._tap_marker: str | None = None
         """A tap's tensor: a batch whose outputs have it has every tap's (Model.run_tapped) and is counted off them."""
         self._pending: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []

@@ -173,6 +173,8 @@ class ModelRepository:
             self._unloaded.add(name)
         for entry in versions.values():
             await entry.batcher.close()
+            if entry.quality is not None:  # its last rows, which no later read would reach
+                entry.quality.publish()
         logger.info("unloaded %s versions %s", name, sorted(versions))
 
     async def poll(self, interval_s: float) -> None:
@@ -214,7 +216,7 @@ class ModelRepository:
                 for entry in self.entries() if entry.quality is not None}  # fmt: skip
 
     def publish_quality(self) -> None:
-        """Count every version's pending batches and export them (before a scrape, and every second)."""
+        """Count every version's pending batches and export them: before a read, and each second with workers."""
         for monitor in self.monitors().values():
             monitor.publish()
 

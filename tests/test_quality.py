@@ -242,7 +242,7 @@ def test_a_card_without_a_reference_still_counts_and_says_why_there_is_no_psi(re
     assert age["status"] == "unknown" and "no training reference" in age["reason"]
 
 
-def test_per_row_flags_are_returned_only_when_asked(repository: Path) -> None:
+def test_per_row_flags_are_returned_only_when_asked_and_an_unload_leaves_every_row_counted(repository: Path) -> None:
     card = read_card(repository, "penguins")
     rows = known_rows(card)
     with running_server(repository) as base:
@@ -253,6 +253,10 @@ def test_per_row_flags_are_returned_only_when_asked(repository: Path) -> None:
         )
         bad = httpx.post(f"{base}/v1/models/penguins:predict?quality=maybe", json={"instances": rows})
         off = httpx.post(f"{base}/v2/models/penguins/infer", json=v2_json(rows, card)).json()
+        # One process exports its figures when they are read, so an unload is these rows' last chance.
+        httpx.post(f"{base}/v2/repository/models/penguins/unload").raise_for_status()
+        counted = metric_counts(base, "penguins")
+    assert counted == {key: 4 * count for key, count in expected_counts(card, rows).items()}
     assert "quality" not in plain["predictions"][0] and "parameters" not in off
     flags = [prediction["quality"] for prediction in flagged["predictions"]]
     assert flags == v2.json()["parameters"]["quality"]
