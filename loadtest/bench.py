@@ -71,6 +71,10 @@ def systems(model_dir: Path, example: str, rep: int = 0) -> Iterator[dict[str, t
         # The bare endpoint twice: bare against its twin is the A/A control of every ratio to bare.
         for name in rotated(["bare", "bare-twin"], rep):
             start(name, lambda port: [sys.executable, "-m", "loadtest.bare", "--port", str(port)], env)
+        # The ceiling with the model: bare plus tabserve's own session and call per request (loadtest/bare.py).
+        model_folder = latest_version(model_dir, example)
+        start("bare-model", lambda port: [sys.executable, "-m", "loadtest.bare", "--port", str(port), "--model",
+                                          str(model_folder)], env)  # fmt: skip
         start("flask", lambda port: [sys.executable, "-m", "loadtest.flask_baseline", "--port", str(port),
                                      "--example", example], env)  # fmt: skip
         yield started
@@ -120,9 +124,7 @@ def in_process_rows_per_s(
 
     from serve.model import golden_array
 
-    folder = max(
-        (path for path in (model_dir / model.name).iterdir() if path.name.isdigit()), key=lambda p: int(p.name)
-    )
+    folder = latest_version(model_dir, model.name)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -136,9 +138,14 @@ def in_process_rows_per_s(
     return calls * len(batches[0]) / (time.perf_counter() - started)
 
 
+def latest_version(model_dir: Path, name: str) -> Path:
+    return max((path for path in (model_dir / name).iterdir() if path.name.isdigit()), key=lambda p: int(p.name))
+
+
 def duels_of(payload: str, connections: int, top: int) -> list[tuple[str, str]]:
     """Who meets whom side by side in this cell, (system, opponent): tabserve against DUELS at every load;
-    on one-row JSON, tabserve against the bare endpoint and, as its A/A, the bare twin against it; and two
+    on one-row JSON, tabserve against the bare endpoint and, as its A/A, the bare twin against it, and the
+    bare endpoint with the model against it (how much of the ceiling the model's own run takes); and two
     workers against one at the top load.
 
     Ratios to bare measured one after the other carried 20-56 % of A/A noise in the runs of 2026-12-05;
@@ -150,7 +157,7 @@ def duels_of(payload: str, connections: int, top: int) -> list[tuple[str, str]]:
     0.65-1.21), too wide to judge 5 %. Side by side, the twin meets tabserve in the same cell (A/A)."""
     pairs = [("tabserve", other) for other in DUELS.get(payload, [])]
     if payload == WORKERS_DUEL:
-        pairs += [("tabserve", "bare"), ("bare-twin", "bare")]
+        pairs += [("tabserve", "bare"), ("bare-twin", "bare"), ("bare-model", "bare")]
         if connections == top:
             pairs += [("tabserve", "tabserve-workers"), ("tabserve", "tabserve-twin")]
     return pairs

@@ -121,6 +121,13 @@ def summarise(
             twin = duels.get(Cell("1-row json", connections, "bare-twin | bare").key, [])
             name = f"{connections} conn 1-row json: bare twin / bare per CPU-s, side by side (A/A: the noise)"
             ratios[name], ranges[name] = (statistics.median(twin) if twin else float("nan")), twin
+            with_model = duels.get(Cell("1-row json", connections, "bare-model | bare").key, [])
+            if with_model:  # what the model's own run leaves of the ceiling, and tabserve's share of what is left
+                name = f"{connections} conn 1-row json: bare + the model's run / bare per CPU-s, side by side"
+                ratios[name], ranges[name] = statistics.median(with_model), with_model
+                name = f"{connections} conn 1-row json: tabserve / (bare + the model's run) per CPU-s"
+                ranges[name] = [mine / theirs for mine, theirs in zip(to_bare, with_model, strict=False)]
+                ratios[name] = statistics.median(ranges[name])
     workers = duels.get(Cell("1-row json", top, "tabserve-workers").key, [])
     if workers:  # tabserve / workers side by side, so the workers' figure is its inverse
         name = f"{top} conn 1-row json: 2 workers / 1 worker per CPU-s, side by side on one core"

@@ -62,6 +62,25 @@ def test_bench_calls_batching_a_win_or_loss_only_when_apart_from_the_a_a_control
     assert verdict([1.001, 1.002, 1.003, 1.004, 1.005], [1.01, 1.02, 1.03, 1.04, 1.05]).startswith("ties")
 
 
+def test_the_ceiling_with_the_model_answers_the_golden_vectors(model_dir: Path) -> None:
+    """The bench's bare endpoint with a model must really score it, or its ratio would flatter the model."""
+    import json
+
+    from starlette.testclient import TestClient
+
+    from loadtest.bare import create_app
+
+    golden = json.loads((model_dir / "penguins" / "1" / "golden.json").read_text())
+    inputs = [{"name": name, **tensor} for name, tensor in golden["inputs"].items()]
+    with TestClient(create_app(model_dir / "penguins" / "1")) as client:
+        answer = client.post("/v2/models/penguins/infer", json={"inputs": inputs}).json()
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    assert outputs["label"]["data"] == golden["outputs"]["label"]["data"]
+    tolerance = golden["tolerance"]  # the export's parity gate, scikit-learn against onnxruntime
+    want = golden["outputs"]["probabilities"]["data"]
+    assert outputs["probabilities"]["data"] == pytest.approx(want, abs=tolerance["atol"], rel=tolerance["rtol"])
+
+
 def test_grpc_scenario_checks_every_answer_and_meets_its_budget(model_dir: Path, tmp_path: Path) -> None:
     completed = run_loadtest("--scenario", "grpc", "--serve", str(model_dir), "--run-time", "4", "--users", "2",
                              "--out", str(tmp_path))  # fmt: skip
