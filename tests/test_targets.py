@@ -140,7 +140,7 @@ def test_every_duel_the_bench_runs_is_one_the_report_reads() -> None:
 
     ran = {duel_key("1-row json", load, system, other): [1.0] for load in (1, 8, 64)
            for system, other in duels_of("1-row json", load, top=64)}  # fmt: skip
-    assert len(ran) == 3 * 2 + 2
+    assert len(ran) == 3 * 3 + 2  # at every load: tabserve, the bare twin and bare with the model against bare
     report = synthetic_run({1: 0.8, 8: 0.9, 64: 0.95}, p50_gap_ms=0.05, one_over_two_workers=1.1, more_duels=ran)
     found = verdicts(report)
     assert found["2 workers / 1 worker: requests per server CPU-s"] == "met"
@@ -148,6 +148,8 @@ def test_every_duel_the_bench_runs_is_one_the_report_reads() -> None:
         assert report["ratios"][f"{load} conn 1-row json: tabserve / bare per CPU-s, side by side"] == 1.0
         control = f"{load} conn 1-row json: bare twin / bare per CPU-s, side by side (A/A: the noise)"
         assert report["per_repetition"][control] == [1.0]
+        assert report["ratios"][f"{load} conn 1-row json: bare + the model's run / bare per CPU-s, side by side"] == 1.0
+        assert report["ratios"][f"{load} conn 1-row json: tabserve / (bare + the model's run) per CPU-s"] == 1.0
 
 
 def test_the_bench_command_exits_non_zero_only_for_a_miss_beyond_the_noise(
