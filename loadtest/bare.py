@@ -15,8 +15,8 @@ avoids.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -42,7 +42,7 @@ async def infer(request: Request) -> Response:
     return Response(CONSTANT, media_type="application/json")
 
 
-def model_infer(model: Model) -> Any:
+def model_infer(model: Model) -> Callable[[Request], Awaitable[Response]]:
     """An endpoint that scores V2 JSON requests with `model`, trusting them: the ceiling with the model."""
     dtypes = {spec.name: spec.dtype for spec in model.inputs}
 
@@ -66,7 +66,7 @@ async def ready(request: Request) -> Response:
 
 
 def create_app(model_folder: Path | None = None) -> Starlette:
-    endpoint = infer
+    endpoint: Callable[[Request], Awaitable[Response]] = infer
     if model_folder is not None:
         endpoint = model_infer(Model(model_folder.parent.name, int(model_folder.name), model_folder, SessionOptions()))
     return Starlette(

@@ -7,10 +7,10 @@ against the training shares.
 
 Counting costs the hot path one list append per batch: batches wait in `pending` and are counted
 together, vectorised, once FLUSH_ROWS rows or FLUSH_BATCHES batches have gathered, when someone reads
-the figures (and each second with several workers, serve/app.py), since a numpy call costs about a microsecond
-whatever its size and a one-row batch has a column per input. Categorical inputs and a classifier's label
-are read off the model's own tensors where they can be (serve/taps.py; inputs in batches of 32 rows or
-more), not hashed string by string.
+the figures (and each second with several workers, serve/app.py), since a numpy call costs about a
+microsecond whatever its size and a one-row batch has a column per input. Categorical inputs and a
+classifier's label are read off the model's own tensors where they can be (serve/taps.py; inputs in
+batches of 32 rows or more), not hashed string by string.
 What it still costs, measured side by side (python -m loadtest quality-bench, penguins): within the A/A
 noise for one-row requests, 4.1-4.7 % of 100-row ones, spread over a few dozen numpy calls per flush on
 data gone cold since its batch (docs/benchmarks.md). No HTTP here; serve/drift.py exports the figures.
