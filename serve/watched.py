@@ -35,12 +35,8 @@ class Tally:
     expected: npt.NDArray[np.float64] | None
     """Training shares per bin (categorical: per category, then UNSEEN at 0); None without a reference."""
     window_rows: int
-    values: int = 0
-    missing: int = 0
-    low: int = 0
-    high: int = 0
-    unseen: int = 0
-    bins: npt.NDArray[np.int64] = field(init=False)
+    counts: npt.NDArray[np.int64] = field(init=False)
+    """Values counted per slot, ever: every figure is read off it, so counting a batch is one addition."""
 
     def __post_init__(self) -> None:
         # Every value gets one slot, and every count is one bincount over slots (each extra pass over a
@@ -49,7 +45,6 @@ class Tally:
         #   numeric:     how many `cuts` the value reaches, then missing. With a training range the cuts are
         #                [minimum, *edges, just above maximum]: position 0 is below the range, the last
         #                above it, and they fold into the first and last training bin for the histogram.
-        self.bins = np.zeros(len(self.labels), dtype=np.int64)
         self._ranged = self.kind == "numeric" and self.minimum is not None and self.maximum is not None
         if self.kind == "categorical":
             slots = len(self.categories) + 1
@@ -65,6 +60,8 @@ class Tally:
             self._cuts = {np.dtype(np.float64): np.array(cuts64), np.dtype(np.float32): np.array(cuts32, np.float32)}
             slots = len(cuts64) + 1
         self.missing_slot = slots
+        self.counts = np.zeros(slots + 1, dtype=np.int64)
+        self._bin_count = len(self.labels)
         self._recent: deque[tuple[npt.NDArray[np.integer[Any]], npt.NDArray[np.int64]]] = deque()
         """The newest batches' slots and their counts, oldest first: at least the last `window_rows` rows."""
         self._recent_rows = 0
@@ -80,6 +77,34 @@ class Tally:
         if self.kind == "categorical":
             return [*self.categories, UNSEEN]
         return [str(index) for index in range(0 if self.edges is None else len(self.edges) + 1)]
+
+    @property
+    def values(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def missing(self) -> int:
+        return int(self.counts[self.missing_slot])
+
+    @property
+    def unseen(self) -> int:
+        """Categories the model never saw."""
+        return int(self.counts[len(self.categories)]) if self.kind == "categorical" else 0
+
+    @property
+    def low(self) -> int:
+        """Numbers below the training range."""
+        return int(self.counts[0]) if self._ranged else 0
+
+    @property
+    def high(self) -> int:
+        """Numbers above the training range."""
+        return int(self.counts[self.missing_slot - 1]) if self._ranged else 0
+
+    @property
+    def bins(self) -> npt.NDArray[np.int64]:
+        """Counts per training bin (categorical: per category, then unseen)."""
+        return self._fold(self.counts)
 
     def count(self, column: npt.NDArray[Any]) -> None:
         self.add(self.slots(column))
@@ -106,24 +131,16 @@ class Tally:
         return slot
 
     def add(self, slot: npt.NDArray[np.integer[Any]]) -> None:
-        """Count a batch of values by their slots."""
-        self.values += len(slot)
+        """Count a batch of values by their slots: the figures are read off the slot counts when asked for
+        (a scrape, /quality), not derived per flush (~15 ns a row of counting a 100-row request, measured)."""
         counted = np.bincount(slot, minlength=self.missing_slot + 1)
-        self.missing += int(counted[self.missing_slot])
-        if self.kind == "categorical":
-            self.unseen += int(counted[len(self.categories)])
-        elif self._ranged:
-            self.low += int(counted[0])
-            self.high += int(counted[self.missing_slot - 1])
-        self.bins += self._fold(counted)
+        self.counts += counted
         self._remember(slot, counted)
 
     def _fold(self, counted: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """Slot counts as counts per training bin (or category and unseen)."""
-        if not len(self.bins):
-            return self.bins[:0]
-        if self.kind == "categorical" or not self._ranged:
-            return counted[: len(self.bins)]
+        if self.kind == "categorical" or not self._ranged or not self._bin_count:
+            return counted[: self._bin_count].copy()
         inner = counted[1 : self.missing_slot - 1].copy()  # positions 1..k+1 are training bins 0..k
         inner[0] += counted[0]  # below the range: bin 0 by the binning rule
         inner[-1] += counted[self.missing_slot - 1]  # above it: the last bin
