@@ -12,7 +12,7 @@ microsecond whatever its size and a one-row batch has a column per input. Catego
 classifier's label are read off the model's own tensors where they can be (serve/taps.py; inputs in
 batches of 32 rows or more), not hashed string by string.
 What it still costs, measured side by side (python -m loadtest quality-bench, penguins): within the A/A
-noise for one-row requests, 4.1-4.7 % of 100-row ones, spread over a few dozen numpy calls per flush on
+noise for one-row requests, 3.9-4.9 % of 100-row ones, spread over a few dozen numpy calls per flush on
 data gone cold since its batch (docs/benchmarks.md). No HTTP here; serve/drift.py exports the figures.
 """
 
