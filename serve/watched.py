@@ -138,7 +138,7 @@ class Tally:
         self._remember(slot, counted)
 
     def _fold(self, counted: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """Slot counts as counts per training bin (or category and unseen)."""
+        """Slot counts as counts per training bin (or category and unseen), in a new array."""
         if self.kind == "categorical" or not self._ranged or not self._bin_count:
             return counted[: self._bin_count].copy()
         inner = counted[1 : self.missing_slot - 1].copy()  # positions 1..k+1 are training bins 0..k
@@ -171,7 +171,7 @@ class Tally:
         extra = self._recent_rows - self.window_rows
         if extra > 0:  # the oldest chunk's first rows are older than the window
             counts = counts - np.bincount(self._recent[0][0][:extra], minlength=len(counts))
-        return self._fold(counts).copy()
+        return self._fold(counts)
 
     def flags(self, column: npt.NDArray[Any]) -> list[str | None]:
         """Per row: "missing", "out_of_range", "unseen" or None, for a response that asked for them."""
