@@ -89,22 +89,24 @@ class QualityExport:
         touched: with workers every loaded version publishes each second, and setting each bin's gauge every
         time cost ~1 % of a busy server's CPU (profiled: the four example models loaded, one of them busy)."""
         for tally, seen in self._published:
-            if tally.values == seen.counted.get("values") and seen.windowed is not None:
+            values = tally.values  # the tally derives its figures when read: each is read once here
+            if values == seen.counted.get("values") and seen.windowed is not None:
                 continue
+            counted = {"values": values, **{key: getattr(tally, key) for key in seen.counters}}
             for key, child in seen.counters.items():
-                delta = getattr(tally, key) - seen.counted.get(key, 0)
+                delta = counted[key] - seen.counted.get(key, 0)
                 if delta:
                     child.inc(delta)
-            seen.counted = {key: getattr(tally, key) for key in ("values", *seen.counters)}
             # Bins are compared in numpy and only the moved ones touched: a numpy scalar per bin cost more.
-            moved = tally.bins - (0 if seen.binned is None else seen.binned)
+            bins = tally.bins
+            moved = bins - (0 if seen.binned is None else seen.binned)
             for index in np.flatnonzero(moved).tolist():
                 seen.bins[index].inc(int(moved[index]))
             window = tally.window()
             changed = range(len(window)) if seen.windowed is None else np.flatnonzero(window != seen.windowed).tolist()
             for index in changed:
                 seen.window[index].set(int(window[index]))
-            seen.binned, seen.windowed = tally.bins.copy(), window
+            seen.counted, seen.binned, seen.windowed = counted, bins, window
 
 
 def _bound(tally: Tally, counters: dict[str, Any], bins: Counter, window: Gauge, labels: tuple[str, ...]) -> _Published:
