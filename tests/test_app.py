@@ -125,7 +125,7 @@ def test_stats_and_config_follow_triton(client: TestClient) -> None:
     everything = client.get("/v2/models/stats").json()["model_stats"]
     assert {item["name"] for item in everything} == {"age-weight", "breast-cancer", "diabetes", "penguins"}
     config = client.get("/v2/models/penguins/config").json()
-    assert config["max_batch_size"] == 256
+    assert config["max_batch_size"] == 2048
     assert config["input"][0] == {"name": "island", "data_type": "TYPE_STRING", "dims": [1]}
 
 

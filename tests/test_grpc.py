@@ -72,7 +72,7 @@ def test_health_metadata_config_statistics_and_index(grpc_server: tuple[str, str
         model["versions"] == ["1"] and {"name": "island", "datatype": "BYTES", "shape": ["-1", "1"]} in model["inputs"]
     )
     config = client.get_model_config("penguins").config
-    assert config.max_batch_size == 256 and config.input[0].name == "island" and config.input[0].data_type == 13
+    assert config.max_batch_size == 2048 and config.input[0].name == "island" and config.input[0].data_type == 13
     client.infer("age-weight", [age_input()])
     stats = client.get_inference_statistics("age-weight").model_stats[0]
     assert stats.name == "age-weight" and stats.inference_count >= 2 and stats.inference_stats.success.count >= 1
