@@ -59,7 +59,7 @@ class Settings:
     """Rows per onnxruntime call; a request with more rows runs alone. Large, as Triton's FIL backend
     configures tree models (32,768): a tabular model's per-row cost keeps falling with the batch, and at
     256 two 100-row requests filled one, which ran inline and left the other clients' requests unread
-    (docs/benchmarks.md, "Batches of 2,048 rows")."""
+    (docs/benchmarks.md, "The ninth round")."""
     max_batch_delay_ms: float = 0.0
     """Wait this long for a full batch, even when idle (Triton's max_queue_delay); 0 = never."""
     adaptive_batch_wait_ms: float = 0.5
