@@ -92,7 +92,8 @@ class QualityExport:
             values = tally.values  # the tally derives its figures when read: each is read once here
             if values == seen.counted.get("values") and seen.windowed is not None:
                 continue
-            counted = {"values": values, **{key: getattr(tally, key) for key in seen.counters}}
+            counted = {"values": values}  # a prediction has no counters, but its values still say what moved
+            counted.update({key: getattr(tally, key) for key in seen.counters if key != "values"})
             for key, child in seen.counters.items():
                 delta = counted[key] - seen.counted.get(key, 0)
                 if delta:
