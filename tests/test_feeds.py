@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from serve.binary import decode_tensor
 from serve.columns import assemble
 from serve.errors import InvalidRequestError
 from serve.feeds import checked_feed, plain_feed
@@ -105,3 +106,90 @@ def test_plain_and_checked_paths_give_the_same_arrays(
             np.testing.assert_array_equal(got, array)  # NaN equals NaN here
         else:
             assert got.tolist() == array.tolist()
+
+
+def by_the_book(chunk: bytes, count: int) -> list[str] | None:
+    """Triton's BYTES layout read the slow, obvious way: a 4-byte little-endian length, then UTF-8 bytes."""
+    values, offset = [], 0
+    for _ in range(count):
+        if offset + 4 > len(chunk):
+            return None
+        (length,) = struct.unpack_from("<I", chunk, offset)
+        offset += 4
+        if offset + length > len(chunk):
+            return None
+        try:
+            values.append(chunk[offset : offset + length].decode())
+        except UnicodeDecodeError:
+            return None
+        offset += length
+    return values if offset == len(chunk) else None
+
+
+def laid_out(*values: str) -> bytes:
+    return b"".join(struct.pack("<I", len(raw)) + raw for raw in (value.encode() for value in values))
+
+
+# One 261-byte ASCII element that a walk reading only each prefix's low byte would take for eight, ending
+# exactly on the end: "aaaaa", then seven prefixes (length, 0, 0, 0) and their strings inside it.
+FAKE = [bytes([length, 0, 0, 0]) + b"a" * length for length in [32] * 6 + [36]]
+MISREAD = struct.pack("<I", 261) + b"a" * 5 + b"".join(FAKE)
+CATEGORIES = ["Dream", "Biscoe", "Torgersen"] * 3  # nine: past the count from which the short walk is taken
+
+
+@pytest.mark.parametrize(
+    ("chunk", "count"),
+    [
+        pytest.param(laid_out(*CATEGORIES), 9, id="short-ascii"),
+        pytest.param(laid_out("Dream"), 1, id="one"),
+        pytest.param(laid_out("", "a", "", "", *CATEGORIES), 13, id="empty-strings"),
+        pytest.param(laid_out("a\0\0\0b", "\0", "\0\0\0", *CATEGORIES), 12, id="nuls-inside"),
+        pytest.param(laid_out("x" * 255, "x" * 256, "y" * 300, *CATEGORIES), 12, id="lengths-past-one-byte"),
+        pytest.param(laid_out("Dréam", *CATEGORIES), 10, id="non-ascii"),
+        pytest.param(MISREAD, 8, id="low-bytes-misread-as-eight"),
+        pytest.param(MISREAD, 1, id="one-long-element"),
+        pytest.param(laid_out(*CATEGORIES), 10, id="too-few"),
+        pytest.param(laid_out(*CATEGORIES), 8, id="too-many"),
+        pytest.param(b"\x05\x00", 1, id="truncated-prefix"),
+        pytest.param(b"", 0, id="none"),
+    ],
+)  # fmt: skip
+def test_bytes_tensors_decode_as_the_layout_says(chunk: bytes, count: int) -> None:
+    expected = by_the_book(chunk, count)
+    if expected is None:
+        with pytest.raises(InvalidRequestError):
+            decode_tensor(chunk, "BYTES", count, "island")
+    else:
+        assert decode_tensor(chunk, "BYTES", count, "island").tolist() == expected
+
+
+def test_bytes_decoding_agrees_with_the_layout_on_random_chunks() -> None:
+    # Up to 12 laid-out strings (with NULs; ASCII in half the trials; up to 260 long), then a byte changed, cut
+    # or added, or the count moved by one.
+    generator = np.random.default_rng(21)
+    ascii_only, any_text = ["\0", "a", "\x01", "Z"], ["\0", "a", "\x01", "Z", "é"]
+    outcomes = {"decoded": 0, "refused": 0}
+    for trial in range(3000):
+        alphabet = ascii_only if trial % 2 else any_text
+        values = [
+            "".join(generator.choice(alphabet, int(generator.choice([0, 1, 3, 260]))))
+            for _ in range(int(generator.integers(0, 13)))
+        ]
+        chunk, count = bytearray(laid_out(*values)), len(values)
+        change = generator.integers(0, 5)
+        if change == 1 and chunk:
+            chunk[int(generator.integers(0, len(chunk)))] = int(generator.integers(0, 256))
+        elif change == 2 and chunk:
+            del chunk[int(generator.integers(0, len(chunk))) :]
+        elif change == 3:
+            chunk.insert(int(generator.integers(0, len(chunk) + 1)), int(generator.integers(0, 4)))
+        elif change == 4:
+            count += int(generator.choice([-1, 1]))
+        expected = by_the_book(bytes(chunk), max(count, 0))
+        try:
+            got = decode_tensor(bytes(chunk), "BYTES", max(count, 0), "x").tolist()
+        except InvalidRequestError:
+            got = None
+        assert got == expected, (bytes(chunk), count)
+        outcomes["refused" if expected is None else "decoded"] += 1
+    assert min(outcomes.values()) > 500, outcomes  # both sides of the comparison were exercised
