@@ -12,7 +12,7 @@ microsecond whatever its size and a one-row batch has a column per input. Catego
 classifier's label are read off the model's own tensors where they can be (serve/taps.py; inputs in
 batches of 32 rows or more), not hashed string by string.
 What it still costs, measured side by side (python -m loadtest quality-bench, penguins): within the A/A
-noise for one-row requests, 3.9-4.9 % of 100-row ones, spread over a few dozen numpy calls per flush on
+noise for one-row requests, 3.8-4.8 % of 100-row ones, spread over a few dozen numpy calls per flush on
 data gone cold since its batch (docs/benchmarks.md). No HTTP here; serve/drift.py exports the figures.
 """
 
@@ -32,10 +32,10 @@ from serve.watched import Tally, input_tally, prediction_tally
 
 FLUSH_ROWS = 4096
 FLUSH_BATCHES = 256
-"""Pending batches are counted once either is reached: many rows amortise a count's fixed cost (~35 us a
-column on this project's machine, ~10 numpy calls), and the batch bound keeps what a stream of one-row
-batches holds small (256 one-row feeds: a few hundred KB). At 64 the fixed cost was most of counting
-16-row batches: 0.97 against 0.68 us a row at 256, measured in process."""
+"""Pending batches are counted once either is reached: many rows amortise a count's fixed cost (~10 numpy
+calls a column: ~0.5 ms a flush of penguins' 7 columns, timed in the server), and the batch bound keeps
+what a stream of one-row batches holds small (256 one-row feeds: a few hundred KB). At 64 the fixed cost
+was most of counting 16-row batches: 0.97 against 0.68 us a row at 256, measured in process."""
 
 
 class QualityMonitor:
