@@ -12,8 +12,9 @@ microsecond whatever its size and a one-row batch has a column per input. Catego
 classifier's label are read off the model's own tensors where they can be (serve/taps.py; inputs in
 batches of 32 rows or more), not hashed string by string.
 What it still costs, measured side by side (python -m loadtest quality-bench, penguins): within the A/A
-noise for one-row requests, 3.8-4.8 % of 100-row ones, spread over a few dozen numpy calls per flush on
-data gone cold since its batch (docs/benchmarks.md). No HTTP here; serve/drift.py exports the figures.
+noise for one-row requests, 2.6-4.8 % of 100-row ones (median 3.5 % over five runs), spread over a few
+dozen numpy calls per flush on data gone cold since its batch (docs/benchmarks.md). No HTTP here;
+serve/drift.py exports the figures.
 """
 
 from __future__ import annotations
