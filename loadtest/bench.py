@@ -199,7 +199,7 @@ def run_benchmark(
     duels: dict[str, list[float]] = {}
     """Cell (tabserve's opponent as its system) -> tabserve's rows per CPU second over the opponent's, each rep."""
     payloads: tuple[ModelPayloads, dict[int, list[list[int]]], dict[str, list[Any]]] | None = None
-    generator: dict[str, float] = {}
+    generator: dict[str, Any] = {}
     ceilings: list[dict[str, dict[int, float]]] = []
     for rep in range(reps):
         # New processes every repetition. Two processes running the same code differed by up to 4 %

@@ -102,6 +102,23 @@ def on_core(core: int) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+@contextlib.contextmanager
+def unpinned(pid: int) -> Iterator[None]:
+    """Let `pid` and its descendants run on every core for a while, then pin them back where they were."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = {process: os.sched_getaffinity(process) for process in family(pid)}
+    for process in before:
+        os.sched_setaffinity(process, range(os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        for process, cores in before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(process, cores)
+
+
 def machine() -> dict[str, Any]:
     cpu = next(
         (

@@ -11,13 +11,14 @@ from typing import Any
 
 from loadtest.cells import VARIANTS, Cell
 from loadtest.targets import Figure, as_json, difference_figure, judge, ratio_figure, table
+from loadtest.wrk import cpu_ceiling
 
 
 def summarise(
     raw: dict[str, list[dict[str, Any]]],
     duels: dict[str, list[float]],
     ceilings: list[dict[str, dict[int, float]]],
-    generator: dict[str, float],
+    generator: dict[str, Any],
 ) -> dict[str, Any]:
     ceiling = {
         kind: {rows: statistics.median(each[kind][rows] for each in ceilings) for rows in ceilings[0][kind]}
@@ -74,7 +75,7 @@ def summarise(
             )
             if generator.get("locust_processes_rps"):
                 figures["generator: locust 2 processes / 1 process against bare"] = ratio_figure(
-                    [generator["locust_processes_rps"] / generator["locust_rps"]], control
+                    generator["ratios"], control
                 )
     if 1 in loads:
         figures["1-row json, 1 conn: p50 tabserve - bare, ms"] = difference_figure(
@@ -199,7 +200,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"Load generator against the bare endpoint, 64 connections: wrk {generator['wrk_rps']:.0f} req/s, "
         f"one locust process {generator['locust_rps']:.0f} req/s"
         + (
-            f", {generator['locust_processes']:.0f} locust processes {generator['locust_processes_rps']:.0f} req/s."
+            f", {generator['locust_processes']:.0f} locust processes {generator['locust_processes_rps']:.0f} req/s "
+            f"(medians of {len(generator['ratios'])} rounds); the CPU ceiling of {generator['locust_processes']:.0f} "
+            f"processes over one, sharing {generator['cores']:.0f} cores with the server: "
+            f"{cpu_ceiling(generator):.2f}x (loadtest/wrk.py)."
             if generator.get("locust_processes_rps")
             else "."
         ),

@@ -92,7 +92,14 @@ def synthetic_run(
              Cell("1-row json", 64, "bare").key: [0.78, 0.8, 0.79],
              Cell("1-row json", 64, "bare-twin | bare").key: [1.01, 0.99, 1.0]}  # fmt: skip
     ceilings = [{"varied": {1: 40_000.0, 100: 300_000.0}, "repeated": {1: 45_000.0, 100: 600_000.0}}] * 3
-    generator = {"wrk_rps": 20_000.0, "locust_rps": 9_000.0, "locust_processes": 2, "locust_processes_rps": 12_600.0}
+    generator = {
+        "wrk_rps": 20_000.0,
+        "locust_rps": 9_000.0,
+        "locust_processes": 2,
+        "locust_processes_rps": 12_600.0,
+        "cores": 2,
+        "ratios": [1.38, 1.4, 1.42],
+    }
     return summarise(raw, {**duels, **(more_duels or {})}, ceilings, generator)
 
 
@@ -118,6 +125,22 @@ def test_the_bench_report_judges_tabserve_against_bare_with_bare_twice_as_its_a_
     table = markdown({**report, "in_process_rows_per_s": report["in_process_rows_per_s"]})
     assert "| 1-row json, 8 conn: tabserve / bare req/s >= 0.85 | issue 21 | 0.800 |" in table
     assert "| MISSED |" in table and "1.0% (bare / bare twin)" in table
+
+
+def test_the_generators_cpu_ceiling_is_what_the_cores_allow_one_process_and_the_server() -> None:
+    from loadtest.wrk import cpu_ceiling
+
+    # Two cores shared: 2 / (1/9,000 + 1/20,000) = 12,414 req/s, 1.379x one process.
+    shared = {"locust_rps": 9_000.0, "wrk_rps": 20_000.0, "locust_processes": 2, "cores": 2}
+    assert cpu_ceiling(shared) == pytest.approx(12_413.8 / 9_000, rel=1e-4)
+    # Eight cores: the server's one core (10,000 req/s) binds before the processes (18,000) or the cores.
+    assert cpu_ceiling({**shared, "wrk_rps": 10_000.0, "cores": 8}) == pytest.approx(10_000 / 9_000)
+    # A fast server on eight cores: two processes reach twice one.
+    assert cpu_ceiling({**shared, "wrk_rps": 100_000.0, "cores": 8}) == pytest.approx(2.0)
+    report = synthetic_run({1: 0.8, 8: 0.9, 64: 0.95}, p50_gap_ms=0.05)
+    (generator,) = (item for item in report["targets"] if item["target"].startswith("generator"))
+    assert generator["value"] == pytest.approx(1.4)  # the median of the rounds' ratios, 1.38 1.4 1.42
+    assert "sharing 2 cores with the server: 1.38x" in markdown(report)
 
 
 def test_two_workers_are_judged_per_cpu_second_against_one_with_the_twin_as_noise() -> None:
