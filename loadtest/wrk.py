@@ -147,9 +147,9 @@ def compare_generators(wrk: str, bare: tuple[str, int], payloads: list[Any], dur
 
 
 def cpu_ceiling(generator: dict[str, Any]) -> float:
-    """The most LOCUST_PROCESSES locust processes can reach over one, from the round's own rates: one
-    process keeps a core busy at `locust_rps`, the server (one process) one at `wrk_rps`, and together
-    they share the machine's cores, so at best rate * (1 / locust_rps + 1 / wrk_rps) = cores."""
+    """The most LOCUST_PROCESSES locust processes can reach over one, from the rates `compare_generators`
+    measured: one process keeps a core busy at `locust_rps`, the server (one process, so at most `wrk_rps`)
+    one at `wrk_rps`, and all of them share the machine's cores: rate * (1 / locust_rps + 1 / wrk_rps) <= cores."""
     one, server = generator["locust_rps"], generator["wrk_rps"]
     shared = generator["cores"] / (1 / one + 1 / server)
     return float(min(generator["locust_processes"] * one, server, shared) / one)
