@@ -5,17 +5,17 @@ model never saw, and a histogram on the training bins (card["monitoring"]); the 
 the same way. A rolling window of the most recent rows gives each a population stability index (PSI)
 against the training shares.
 
-Counting costs the hot path one list append per batch: batches wait in `pending` and are counted
-together, vectorised, once FLUSH_ROWS rows or FLUSH_BATCHES batches have gathered, when someone reads
-the figures (and each second with several workers, serve/app.py), since a numpy call costs about a
-microsecond whatever its size and a one-row batch has a column per input. Categorical inputs and a
-classifier's label are read off the model's own tensors where they can be (serve/taps.py; inputs in
-batches of 32 rows or more), not hashed string by string.
+Counting costs the hot path one list append per batch (and the holding of it, below): batches wait in
+`pending` and are counted together, vectorised, once FLUSH_ROWS rows or FLUSH_BATCHES batches have
+gathered, when someone reads the figures (and each second with several workers, serve/app.py), since a
+numpy call costs about a microsecond whatever its size and a one-row batch has a column per input.
+Categorical inputs and a classifier's label are read off the model's own tensors where they can be
+(serve/taps.py; inputs in batches of 32 rows or more), not hashed string by string.
 What it still costs, measured side by side (python -m loadtest quality-bench, penguins): on the machine of
 most runs, within the A/A noise for one-row requests and 2.6-4.8 % of 100-row ones (median 3.5 % over five
 runs), spread over a few dozen numpy calls per flush on data gone cold since its batch; on one 2.4x faster,
-4.0-4.4 % of both, most of it in no frame of its own under py-spy (docs/benchmarks.md). No HTTP here;
-serve/drift.py exports the figures.
+4.0-4.4 % of both, for one-row requests mostly the holding of batches until the flush: their memory goes
+cold (diagnostic builds, docs/benchmarks.md). No HTTP here; serve/drift.py exports the figures.
 """
 
 from __future__ import annotations
