@@ -11,11 +11,12 @@ gathered, when someone reads the figures (and each second with several workers, 
 numpy call costs about a microsecond whatever its size and a one-row batch has a column per input.
 Categorical inputs and a classifier's label are read off the model's own tensors where they can be
 (serve/taps.py; inputs in batches of 32 rows or more), not hashed string by string.
-What it still costs, measured side by side (python -m loadtest quality-bench, penguins): on the machine of
-most runs, within the A/A noise for one-row requests and 2.6-4.8 % of 100-row ones (median 3.5 % over five
-runs), spread over a few dozen numpy calls per flush on data gone cold since its batch; on one 2.4x faster,
-4.0-4.4 % of both, for one-row requests mostly the holding of batches until the flush: their memory goes
-cold (diagnostic builds, docs/benchmarks.md). No HTTP here; serve/drift.py exports the figures.
+What it still costs, side by side at 64 connections (penguins; docs/benchmarks.md): about 3 % of one-row
+requests and 2.5-3 % of 100-row ones (on the faster machine of 2026-12-05). For one-row requests that
+is the holding of batches until the flush, not the counting: recording a batch and dropping it cost
+nothing measurable (on / off 1.003), holding batches and dropping them uncounted 0.972, the whole 0.962.
+The largest held part, the labels' strings and scores, is now read when a tapped batch is recorded.
+No HTTP here; serve/drift.py exports the figures.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -58,7 +59,9 @@ class QualityMonitor:
         """Told to export what was counted (to the metrics): by `publish`, on reads (and each second with workers)."""
         self._tap_marker: str | None = None
         """A tap's tensor: a batch whose outputs have it has every tap's (Model.run_tapped) and is counted off them."""
-        self._pending: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
+        self._label_outputs: set[str] = set()
+        """The outputs a tapped batch lets go of once its labels are read (serve/taps.py's LabelScores)."""
+        self._pending: list[_Batch] = []
         self._pending_rows = 0
         self._lock = threading.Lock()
 
@@ -72,14 +75,24 @@ class QualityMonitor:
         self._tap_marker = next((tap.one_hot for tap in self.taps.values()), None)
         if scores is not None and self.prediction is not None and self.prediction.kind == "categorical":
             self.label_scores = LabelScores(scores, np.array(self.prediction.categories, dtype=object))
+            self._label_outputs = {self.output, scores}
 
     def record(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any], rows: int) -> None:
         """A scored batch (or a cached answer): its input columns and its outputs (tapped ones too), counted later."""
+        prediction = None
         if self._tap_marker is not None and self._tap_marker in outputs:
             # Counted off the taps: the batch's strings are let go now, while warm, not at the flush.
             inputs = {name: column for name, column in inputs.items() if name not in self.taps}
+            if self.label_scores is not None and self.prediction is not None:
+                # The labels too are read now, off the scores, and both let go: held until the flush (~90
+                # batches at 64 one-row connections), a new string per label and the scores' onnxruntime
+                # memory cost the hot path more than the few numpy calls a batch of reading them here.
+                # One-row requests, on / off: 0.962 and 0.965 -> 0.970 and 0.969 (medians of 18 side-by-side
+                # pairs each); 100-row ones did not move (0.970-0.979 -> 0.971, 0.975).
+                prediction = self._label_slots(self.prediction, self.label_scores, [outputs])
+                outputs = {name: value for name, value in outputs.items() if name not in self._label_outputs}
         with self._lock:
-            self._pending.append((inputs, outputs))
+            self._pending.append(_Batch(inputs, outputs, prediction))
             self._pending_rows += rows
             full = self._pending_rows >= FLUSH_ROWS or len(self._pending) >= FLUSH_BATCHES
         if full:
@@ -94,21 +107,37 @@ class QualityMonitor:
             for tally in self.inputs:
                 tap = self.taps.get(tally.name)
                 if tap is None:
-                    tally.count(_joined([inputs[tally.name] for inputs, _ in pending], tally.kind))
+                    tally.count(_joined([batch.inputs[tally.name] for batch in pending], tally.kind))
                 else:
                     tally.add(_tapped_slots(tally, tap, pending))
             if self.prediction is not None:
-                self._count_prediction(self.prediction, [outputs for _, outputs in pending if self.output in outputs])
+                self.prediction.add(self._prediction_slots(self.prediction, pending))
 
-    def _count_prediction(self, tally: Tally, outputs: list[Mapping[str, Any]]) -> None:
-        if not outputs:
-            return
+    def _prediction_slots(self, tally: Tally, pending: list[_Batch]) -> npt.NDArray[Any]:
+        """The predictions' slots in row order: read at `record`, or from the outputs held."""
+        runs = []
+        for read, run in itertools.groupby(pending, key=lambda batch: batch.prediction is not None):
+            parts = list(run)
+            if read:
+                runs.append(np.concatenate([batch.prediction for batch in parts]))
+                continue
+            outputs = [batch.outputs for batch in parts if self.output in batch.outputs]
+            if not outputs:
+                continue
+            if self.label_scores is not None:
+                runs.append(self._label_slots(tally, self.label_scores, outputs))
+            else:
+                runs.append(tally.slots(_joined([part[self.output] for part in outputs], tally.kind)))
+        if not runs:
+            return np.empty(0, np.intp)
+        return runs[0] if len(runs) == 1 else np.concatenate(runs)
+
+    def _label_slots(self, tally: Tally, reader: LabelScores, outputs: list[Mapping[str, Any]]) -> npt.NDArray[np.intp]:
         predictions = _joined([part[self.output] for part in outputs], tally.kind)
-        if self.label_scores is None:
-            tally.count(predictions)
-            return
-        scores = np.concatenate([part[self.label_scores.scores] for part in outputs])
-        tally.add(self.label_scores.slots(predictions, scores, tally.slot_of.__getitem__))
+        scores = [part[reader.scores] for part in outputs]
+        return reader.slots(
+            predictions, scores[0] if len(scores) == 1 else np.concatenate(scores), tally.slot_of.__getitem__
+        )
 
     def publish(self) -> None:
         """Count what is pending and export it: per-flush exports would cost the hot path label lookups."""
@@ -127,14 +156,23 @@ class QualityMonitor:
         return found
 
 
-def _tapped_slots(tally: Tally, tap: InputTap, pending: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Any:
+class _Batch(NamedTuple):
+    """A recorded batch until the flush."""
+
+    inputs: Mapping[str, Any]
+    outputs: Mapping[str, Any]
+    prediction: npt.NDArray[np.intp] | None
+    """Its predictions' slots, read at `record` (a tapped batch of a classifier), or None."""
+
+
+def _tapped_slots(tally: Tally, tap: InputTap, pending: list[_Batch]) -> Any:
     """A tapped input's slots, in row order: off the taps where a batch has them, by value where it has
     not (a cached answer, or a batch under serve/repository.py's TAPPED_ROWS, carries no taps)."""
     runs = []
-    for tapped, run in itertools.groupby(pending, key=lambda part: tap.one_hot in part[1]):
+    for tapped, run in itertools.groupby(pending, key=lambda batch: tap.one_hot in batch.outputs):
         parts = list(run)
-        runs.append(tap.slots([outputs for _, outputs in parts]) if tapped
-                    else tally.slots(_joined([inputs[tally.name] for inputs, _ in parts], tally.kind)))  # fmt: skip
+        runs.append(tap.slots([batch.outputs for batch in parts]) if tapped
+                    else tally.slots(_joined([batch.inputs[tally.name] for batch in parts], tally.kind)))  # fmt: skip
     return runs[0] if len(runs) == 1 else np.concatenate(runs)
 
 
