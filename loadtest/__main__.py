@@ -190,12 +190,14 @@ def explain_bench(model_dir: Path, reps: int, duration_s: int, out: Path) -> Non
 @click.option("--connections", type=click.IntRange(1, 1024), default=64, show_default=True)
 @click.option("--reps", type=click.IntRange(2, 20), default=5, show_default=True)
 @click.option("--duration", "duration_s", type=click.IntRange(1, 120), default=5, show_default=True)
-def quality_bench(model_dir: Path, example: str, connections: int, reps: int, duration_s: int) -> None:
+@click.option("--rounds", type=click.IntRange(1, 10), default=1, show_default=True,
+              help="Duels per repetition with the same servers: more ratios for a tighter median.")  # fmt: skip
+def quality_bench(model_dir: Path, example: str, connections: int, reps: int, duration_s: int, rounds: int) -> None:
     """Input monitoring on against off, side by side, with an A/A twin: what counting costs."""
     from loadtest.quality_bench import judged, run, summary
     from loadtest.targets import failed
 
-    report = run(model_dir, example, connections, reps, duration_s)
+    report = run(model_dir, example, connections, reps, duration_s, rounds)
     click.echo(summary(report))
     missed = failed(judged(report))
     if missed:
