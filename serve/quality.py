@@ -111,10 +111,12 @@ class QualityMonitor:
                 else:
                     tally.add(_tapped_slots(tally, tap, pending))
             if self.prediction is not None:
-                self.prediction.add(self._prediction_slots(self.prediction, pending))
+                slots = self._prediction_slots(self.prediction, pending)
+                if slots is not None:
+                    self.prediction.add(slots)
 
-    def _prediction_slots(self, tally: Tally, pending: list[_Batch]) -> npt.NDArray[Any]:
-        """The predictions' slots in row order: read at `record`, or from the outputs held."""
+    def _prediction_slots(self, tally: Tally, pending: list[_Batch]) -> npt.NDArray[Any] | None:
+        """The predictions' slots in row order, read at `record` or from the outputs held; None without any."""
         runs = []
         for read, run in itertools.groupby(pending, key=lambda batch: batch.prediction is not None):
             parts = list(run)
@@ -129,7 +131,7 @@ class QualityMonitor:
             else:
                 runs.append(tally.slots(_joined([part[self.output] for part in outputs], tally.kind)))
         if not runs:
-            return np.empty(0, np.intp)
+            return None
         return runs[0] if len(runs) == 1 else np.concatenate(runs)
 
     def _label_slots(self, tally: Tally, reader: LabelScores, outputs: list[Mapping[str, Any]]) -> npt.NDArray[np.intp]:
