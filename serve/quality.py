@@ -187,8 +187,9 @@ def _joined(columns: list[Any], kind: str) -> npt.NDArray[Any]:
     dtype = np.float64 if kind == "numeric" else object
     if all(isinstance(column, np.ndarray) for column in columns) and len({column.ndim for column in columns}) == 1:
         # The batcher's columns: arrays of one layout, joined in one call and flattened once (a ravel per
-        # part cost ~0.3 us a part and column, most of counting a stream of one-row batches).
-        joined = np.concatenate(columns).reshape(-1)
+        # part cost ~0.3 us a part and column, most of counting a stream of one-row batches). A lone part (a
+        # tapped batch's labels, read at `record`) is only flattened: no copy on the batch loop.
+        joined = (columns[0] if len(columns) == 1 else np.concatenate(columns)).reshape(-1)
         if kind == "numeric" or joined.dtype == object:
             return joined
         return joined.astype(str).astype(object)
