@@ -5,23 +5,26 @@ model never saw, and a histogram on the training bins (card["monitoring"]); the 
 the same way. A rolling window of the most recent rows gives each a population stability index (PSI)
 against the training shares.
 
-Counting costs the hot path one list append per batch (and the holding of it, below): batches wait in
-`pending` and are counted together, vectorised, once FLUSH_ROWS rows or FLUSH_BATCHES batches have
-gathered, when someone reads the figures (and each second with several workers, serve/app.py), since a
-numpy call costs about a microsecond whatever its size and a one-row batch has a column per input.
-Categorical inputs and a classifier's label are read off the model's own tensors where they can be
-(serve/taps.py; inputs in batches of 32 rows or more), not hashed string by string.
-What it still costs, side by side at 64 connections (penguins; docs/benchmarks.md): about 3 % of one-row
-requests and 2.5-3 % of 100-row ones (on the faster machine of 2026-12-05). For one-row requests that
-is the holding of batches until the flush, not the counting: recording a batch and dropping it cost
-nothing measurable (on / off 1.003), holding batches and dropping them uncounted 0.972, the whole 0.962.
-The largest held part, the labels' strings and scores, is now read when a tapped batch is recorded.
+Counting costs the hot path one list append per batch (and the holding of it, below), and a one-row
+batch a Python scalar per column (`_record_row`): batches wait in `pending` and are counted together,
+vectorised, once FLUSH_ROWS rows or FLUSH_BATCHES batches have gathered, when someone reads the
+figures (and each second with several workers, serve/app.py), since a numpy call costs about a
+microsecond whatever its size and a one-row batch has a column per input. Categorical inputs and a
+classifier's label are read off the model's own tensors where they can be (serve/taps.py; inputs in
+batches of 32 rows or more), not hashed string by string.
+What it still costs, side by side (penguins; docs/benchmarks.md): at 64 connections about 3 % of
+one-row requests and 2.5-3 % of 100-row ones, at one connection ~3 % (6.8 % before one-row batches
+were kept as values). At 64 connections that is the holding of batches until the flush more than the
+counting: recording a batch and dropping it cost nothing measurable (on / off 1.003), holding batches
+and dropping them uncounted 0.972, the whole 0.962. The largest held part, the labels' strings and
+scores, is now read when a tapped batch is recorded.
 No HTTP here; serve/drift.py exports the figures.
 """
 
 from __future__ import annotations
 
 import itertools
+import operator
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -61,8 +64,12 @@ class QualityMonitor:
         """A tap's tensor: a batch whose outputs have it has every tap's (Model.run_tapped) and is counted off them."""
         self._label_outputs: set[str] = set()
         """The outputs a tapped batch lets go of once its labels are read (serve/taps.py's LabelScores)."""
-        self._pending: list[_Batch] = []
+        self._pending: list[_Batch | list[Any]] = []
+        """Recorded batches in order: a `_Batch`, or a one-row batch's values (its inputs', then its prediction's)."""
         self._pending_rows = 0
+        self._names = [tally.name for tally in self.inputs]
+        self._row_dtypes: list[np.dtype[Any]] | None = None
+        """The one-row values' dtypes (the model's, fixed for its version): the arrays they are counted from."""
         self._lock = threading.Lock()
 
     def read_off(self, taps: Mapping[str, CategoryTap], scores: str | None) -> None:
@@ -79,6 +86,8 @@ class QualityMonitor:
 
     def record(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any], rows: int) -> None:
         """A scored batch (or a cached answer): its input columns and its outputs (tapped ones too), counted later."""
+        if rows == 1 and self.prediction is not None and self._record_row(inputs, outputs):
+            return
         prediction = None
         if self._tap_marker is not None and self._tap_marker in outputs:
             # Counted off the taps: the batch's strings are let go now, while warm, not at the flush.
@@ -104,35 +113,72 @@ class QualityMonitor:
             pending, self._pending, self._pending_rows = self._pending, [], 0
             if not pending:
                 return
-            for tally in self.inputs:
-                tap = self.taps.get(tally.name)
-                if tap is None:
-                    tally.count(_joined([batch.inputs[tally.name] for batch in pending], tally.kind))
-                else:
-                    tally.add(_tapped_slots(tally, tap, pending))
+            runs = [list(run) for _, run in itertools.groupby(pending, key=type)]
+            for index, tally in enumerate(self.inputs):
+                tally.add(_joined_slots([self._input_slots(tally, index, run) for run in runs]))
             if self.prediction is not None:
-                slots = self._prediction_slots(self.prediction, pending)
-                if slots is not None:
-                    self.prediction.add(slots)
+                found = [slots for run in runs
+                         if (slots := self._prediction_slots(self.prediction, run)) is not None]  # fmt: skip
+                if found:
+                    self.prediction.add(_joined_slots(found))
 
-    def _prediction_slots(self, tally: Tally, pending: list[_Batch]) -> npt.NDArray[Any] | None:
-        """The predictions' slots in row order, read at `record` or from the outputs held; None without any."""
+    def _input_slots(self, tally: Tally, index: int, run: list[Any]) -> npt.NDArray[Any]:
+        """An input's slots over a run of one-row values or of batches (off their taps where they have them)."""
+        if type(run[0]) is list:
+            return tally.slots(self._row_column(run, index, tally.kind))
+        tap = self.taps.get(tally.name)
+        if tap is None:
+            return tally.slots(_joined([batch.inputs[tally.name] for batch in run], tally.kind))
+        return _tapped_slots(tally, tap, run)
+
+    def _row_column(self, rows: list[list[Any]], index: int, kind: str) -> npt.NDArray[Any]:
+        """One column of one-row values as the array their batches had, then as `_joined` gives it."""
+        assert self._row_dtypes is not None
+        return _joined([np.array(list(map(operator.itemgetter(index), rows)), self._row_dtypes[index])], kind)
+
+    def _record_row(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> bool:
+        """Keep a one-row batch of arrays as its values, Python scalars; False for anything else (a cached
+        answer's list columns, a column of several values a row), which `record` keeps as it came.
+
+        Kept as arrays, a stream of one-row batches (one connection) cost each flush a numpy part per
+        batch and column, ~115 ns each to join and ~75 ns to check, cold by then. A scalar is ~50 ns here,
+        and the flush makes one array of them a column: 3.0 -> 1.7 us a request in process, and served at
+        one connection 1.053x the requests per CPU-second (18 side-by-side pairs). Batches of 2-15 rows kept
+        as lists of values measured no better at 8 connections (0.997) and cost the one-row gain a third."""
+        try:
+            row = [inputs[name].item() for name in self._names]
+            row.append(outputs[self.output].item())
+        except (AttributeError, KeyError, ValueError):
+            return False
+        with self._lock:
+            if self._row_dtypes is None:
+                self._row_dtypes = [inputs[name].dtype for name in self._names] + [outputs[self.output].dtype]
+            self._pending.append(row)
+            self._pending_rows += 1
+            full = self._pending_rows >= FLUSH_ROWS or len(self._pending) >= FLUSH_BATCHES
+        if full:
+            self.flush()
+        return True
+
+    def _prediction_slots(self, tally: Tally, run: list[Any]) -> npt.NDArray[Any] | None:
+        """The predictions' slots over a run: one-row values, or batches' read at `record` or from the outputs
+        they keep; None without any."""
+        if type(run[0]) is list:
+            return tally.slots(self._row_column(run, -1, tally.kind))
         runs = []
-        for read, run in itertools.groupby(pending, key=lambda batch: batch.prediction is not None):
-            parts = list(run)
+        for read, part in itertools.groupby(run, key=lambda batch: batch.prediction is not None):
+            batches = list(part)
             if read:
-                runs.append(np.concatenate([batch.prediction for batch in parts]))
+                runs.append(np.concatenate([batch.prediction for batch in batches]))
                 continue
-            outputs = [batch.outputs for batch in parts if self.output in batch.outputs]
+            outputs = [batch.outputs for batch in batches if self.output in batch.outputs]
             if not outputs:
                 continue
             if self.label_scores is not None:
                 runs.append(self._label_slots(tally, self.label_scores, outputs))
             else:
                 runs.append(tally.slots(_joined([part[self.output] for part in outputs], tally.kind)))
-        if not runs:
-            return None
-        return runs[0] if len(runs) == 1 else np.concatenate(runs)
+        return _joined_slots(runs) if runs else None
 
     def _label_slots(self, tally: Tally, reader: LabelScores, outputs: list[Mapping[str, Any]]) -> npt.NDArray[np.intp]:
         predictions = _joined([part[self.output] for part in outputs], tally.kind)
@@ -167,7 +213,11 @@ class _Batch(NamedTuple):
     """Its predictions' slots, read at `record` (a tapped batch of a classifier), or None."""
 
 
-def _tapped_slots(tally: Tally, tap: InputTap, pending: list[_Batch]) -> Any:
+def _joined_slots(runs: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    return runs[0] if len(runs) == 1 else np.concatenate(runs)
+
+
+def _tapped_slots(tally: Tally, tap: InputTap, pending: list[_Batch]) -> npt.NDArray[Any]:
     """A tapped input's slots, in row order: off the taps where a batch has them, by value where it has
     not (a cached answer, or a batch under serve/repository.py's TAPPED_ROWS, carries no taps)."""
     runs = []
@@ -175,7 +225,7 @@ def _tapped_slots(tally: Tally, tap: InputTap, pending: list[_Batch]) -> Any:
         parts = list(run)
         runs.append(tap.slots([batch.outputs for batch in parts]) if tapped
                     else tally.slots(_joined([batch.inputs[tally.name] for batch in parts], tally.kind)))  # fmt: skip
-    return runs[0] if len(runs) == 1 else np.concatenate(runs)
+    return _joined_slots(runs)
 
 
 def _joined(columns: list[Any], kind: str) -> npt.NDArray[Any]:

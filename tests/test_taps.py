@@ -112,3 +112,77 @@ def test_a_label_the_top_score_does_not_give_is_counted_by_its_value() -> None:
     labels = np.array(["a", "b", "b", "a"], dtype=object)  # a tie broken the other way; a label not the top score
     reader = LabelScores("probabilities", np.array(["a", "b", "c"], dtype=object))
     assert reader.slots(labels, scores, tally.slot_of.__getitem__).tolist() == [0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("name", ["penguins", "diabetes", "breast-cancer"])
+def test_one_row_batches_kept_as_values_count_exactly_what_the_same_rows_count_as_arrays(
+    model_dir: Path, name: str
+) -> None:
+    """One-row batches are kept as Python values until the flush (QualityMonitor._record_row); every figure
+    must be the same as for the same rows in batches of arrays: string and integer labels, a regressor's
+    values, missing and unseen values, cached answers' list columns and larger batches mixed in."""
+    model = Model(name, 1, model_dir / name / "1", SessionOptions())
+    feeds = penguin_batches(model, 24, seed=11) if name == "penguins" else _background_batches(model, 24, seed=11)
+    single = QualityMonitor(model.card, model.input_names, model.output_names[0], window_rows=25)
+    batched = QualityMonitor(model.card, model.input_names, model.output_names[0], window_rows=25)
+    for monitor in (single, batched):
+        monitor.read_off(model.taps, model.scores)
+    for index, feed in enumerate(feeds):
+        rows = len(feed[model.input_names[0]])
+        if rows == 1:  # not a pair: `batched` would keep it as values too
+            continue
+        outputs, with_taps = model.run_tapped(feed)
+        batched.record(feed, with_taps, rows)
+        if index % 4 == 3:  # a larger batch among the one-row ones
+            single.record(feed, with_taps, rows)
+        for row in range(rows):
+            one = {input_name: column[row : row + 1] for input_name, column in feed.items()}
+            answer = {output_name: values[row : row + 1] for output_name, values in outputs.items()}
+            if index % 4 == 3:
+                continue
+            if index % 4 == 2:  # a cached answer of one row: plain JSON columns are lists
+                one = {input_name: column.reshape(-1).tolist() for input_name, column in one.items()}
+            single.record(one, answer, 1)
+        if index % 5 == 4:
+            single.flush()
+            batched.flush()
+    want = figures(batched)
+    assert figures(single) == want
+    assert sum(tally[1] for tally in want) > 0
+    if name == "penguins":
+        island = want[0]
+        assert island[2] > 0 and island[3] > 0, "missing and unseen islands went through one-row batches"
+
+
+def test_one_row_values_of_an_integer_classifier_are_matched_as_text_like_its_batches() -> None:
+    card: Any = {
+        "task": "classification",
+        "classes": [0, 1],
+        "monitoring": None,
+        "features": [{"name": "x", "kind": "numeric", "minimum": 0.0, "maximum": 1.0}],
+    }
+    single = QualityMonitor(card, ["x"], "label", window_rows=10)
+    batched = QualityMonitor(card, ["x"], "label", window_rows=10)
+    values = np.array([[0.5], [2.0], [np.nan], [0.25]], dtype=np.float32)
+    labels = np.array([1, 0, 1, 1], dtype=np.int64)
+    batched.record({"x": values}, {"label": labels}, 4)
+    for row in range(4):
+        single.record({"x": values[row : row + 1]}, {"label": labels[row : row + 1]}, 1)
+    want = figures(batched)
+    assert figures(single) == want
+    assert want[1][:4] == ("prediction", 4, 0, 0) and want[1][6] == [1, 3, 0], "labels 0 and 1 are classes, not unseen"
+
+
+def _background_batches(model: Model, batches: int, seed: int) -> list[dict[str, Any]]:
+    """Background rows resampled in batches of 1-20 rows, a tenth of the first numeric input missing."""
+    generator = np.random.default_rng(seed)
+    assert model.background is not None
+    first = next(name for name, values in model.background.items() if values.dtype.kind == "f")
+    feeds = []
+    for _ in range(batches):
+        rows = int(generator.integers(1, 20))
+        picks = generator.integers(0, len(model.background[first]), rows)
+        feed = {name: values[picks].copy() for name, values in model.background.items()}
+        feed[first][generator.random(rows) < 0.1] = np.nan
+        feeds.append(feed)
+    return feeds
