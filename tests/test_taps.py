@@ -1,4 +1,5 @@
-"""Taps: categories counted off the model's own tensors give exactly the counts of matching every value."""
+"""How monitoring reads batches (off the model's own tensors, or a one-row batch as its values) gives exactly
+the counts of matching every value of the batches' arrays."""
 
 from __future__ import annotations
 
@@ -119,12 +120,12 @@ def test_one_row_batches_kept_as_values_count_exactly_what_the_same_rows_count_a
     model_dir: Path, name: str
 ) -> None:
     """One-row batches are kept as Python values until the flush (QualityMonitor._record_row); every figure
-    must be the same as for the same rows in batches of arrays: string and integer labels, a regressor's
-    values, missing and unseen values, cached answers' list columns and larger batches mixed in."""
+    must be the same as for the same rows in batches of arrays: labels, a regressor's values, missing and
+    unseen values, with cached answers' list columns and larger (tapped) batches mixed in."""
     model = Model(name, 1, model_dir / name / "1", SessionOptions())
-    feeds = penguin_batches(model, 24, seed=11) if name == "penguins" else _background_batches(model, 24, seed=11)
-    single = QualityMonitor(model.card, model.input_names, model.output_names[0], window_rows=25)
-    batched = QualityMonitor(model.card, model.input_names, model.output_names[0], window_rows=25)
+    feeds = penguin_batches(model, 25, seed=11) if name == "penguins" else _background_batches(model, 25, seed=11)
+    single = QualityMonitor(model.card, model.input_names, model.output_names[0], window_rows=10)
+    batched = QualityMonitor(model.card, model.input_names, model.output_names[0], window_rows=10)
     for monitor in (single, batched):
         monitor.read_off(model.taps, model.scores)
     for index, feed in enumerate(feeds):
@@ -135,17 +136,17 @@ def test_one_row_batches_kept_as_values_count_exactly_what_the_same_rows_count_a
         batched.record(feed, with_taps, rows)
         if index % 4 == 3:  # a larger batch among the one-row ones
             single.record(feed, with_taps, rows)
-        for row in range(rows):
-            one = {input_name: column[row : row + 1] for input_name, column in feed.items()}
-            answer = {output_name: values[row : row + 1] for output_name, values in outputs.items()}
-            if index % 4 == 3:
-                continue
-            if index % 4 == 2:  # a cached answer of one row: plain JSON columns are lists
-                one = {input_name: column.reshape(-1).tolist() for input_name, column in one.items()}
-            single.record(one, answer, 1)
+        else:
+            for row in range(rows):
+                one = {input_name: column[row : row + 1] for input_name, column in feed.items()}
+                answer = {output_name: values[row : row + 1] for output_name, values in outputs.items()}
+                if index % 4 == 2:  # a cached answer of one row: plain JSON columns are lists
+                    one = {input_name: column.reshape(-1).tolist() for input_name, column in one.items()}
+                single.record(one, answer, 1)
         if index % 5 == 4:
             single.flush()
             batched.flush()
+    # The last flush ends in one-row values (index 24), so the window (10 rows) shows the order they were kept in.
     want = figures(batched)
     assert figures(single) == want
     assert sum(tally[1] for tally in want) > 0
@@ -155,6 +156,7 @@ def test_one_row_batches_kept_as_values_count_exactly_what_the_same_rows_count_a
 
 
 def test_one_row_values_of_an_integer_classifier_are_matched_as_text_like_its_batches() -> None:
+    """The examples' classifiers have string labels; an integer classifier's labels are its classes as text."""
     card: Any = {
         "task": "classification",
         "classes": [0, 1],
