@@ -144,6 +144,8 @@ def test_one_row_batches_kept_as_values_count_exactly_what_the_same_rows_count_a
                     one = {input_name: column.reshape(-1).tolist() for input_name, column in one.items()}
                 single.record(one, answer, 1)
         if index % 5 == 4:  # a 10-row window after flushes that end in arrays (19) and in values (24): the order
+            # The one-row path is what is under test: `single` must hold one-row values, not batches, here.
+            assert any(type(entry) is list for entry in single._pending)
             assert figures(single) == figures(batched), index
     want = figures(batched)
     assert figures(single) == want
@@ -171,6 +173,32 @@ def test_one_row_values_of_an_integer_classifier_are_matched_as_text_like_its_ba
     want = figures(batched)
     assert figures(single) == want
     assert want[1][:4] == ("prediction", 4, 0, 0) and want[1][6] == [1, 3, 0], "labels 0 and 1 are classes, not unseen"
+
+
+def test_one_row_values_whose_dtype_changes_count_as_their_arrays_would() -> None:
+    """The flush rebuilds one-row values with the first batch's dtypes (every front end gives the model's);
+    longer text after shorter, or NaN after integers, still counts as the arrays joined would, and never
+    fails the request that flushes."""
+    card: Any = {
+        "task": "classification",
+        "classes": ["a", "b"],
+        "monitoring": None,
+        "features": [
+            {"name": "c", "kind": "categorical", "categories": ["ab", "abcdef"]},
+            {"name": "x", "kind": "numeric", "minimum": 0.0, "maximum": 5.0},
+        ],
+    }
+    rows = [("ab", np.array([1]), "a"), ("abcdef", np.array([np.nan]), "b"), ("zz", np.array([7]), "a")]
+    single = QualityMonitor(card, ["c", "x"], "label", window_rows=10)
+    for text, number, label in rows:
+        single.record({"c": np.array([text]), "x": number}, {"label": np.array([label], dtype=object)}, 1)
+    batched = QualityMonitor(card, ["c", "x"], "label", window_rows=10)
+    texts, numbers, labels = zip(*rows, strict=True)
+    batched.record({"c": np.array(texts), "x": np.concatenate(numbers)}, {"label": np.array(labels, dtype=object)}, 3)
+    want = figures(batched)
+    assert figures(single) == want
+    assert want[0][1:4] == (3, 0, 1) and want[0][6] == [1, 1, 1], "'abcdef' is a category, not 'ab' cut short"
+    assert want[1][1:3] == (3, 1), "the NaN is missing"
 
 
 def _background_batches(model: Model, batches: int, seed: int) -> list[dict[str, Any]]:
