@@ -86,7 +86,7 @@ class QualityMonitor:
 
     def record(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any], rows: int) -> None:
         """A scored batch (or a cached answer): its input columns and its outputs (tapped ones too), counted later."""
-        if rows == 1 and self.prediction is not None and self._record_row(inputs, outputs):
+        if rows == 1 and self._record_row(inputs, outputs):
             return
         prediction = None
         if self._tap_marker is not None and self._tap_marker in outputs:
@@ -115,12 +115,12 @@ class QualityMonitor:
                 return
             runs = [list(run) for _, run in itertools.groupby(pending, key=type)]
             for index, tally in enumerate(self.inputs):
-                tally.add(_joined_slots([self._input_slots(tally, index, run) for run in runs]))
+                tally.add(_one_array([self._input_slots(tally, index, run) for run in runs]))
             if self.prediction is not None:
                 found = [slots for run in runs
                          if (slots := self._prediction_slots(self.prediction, run)) is not None]  # fmt: skip
                 if found:
-                    self.prediction.add(_joined_slots(found))
+                    self.prediction.add(_one_array(found))
 
     def _input_slots(self, tally: Tally, index: int, run: list[Any]) -> npt.NDArray[Any]:
         """An input's slots over a run of one-row values or of batches (off their taps where they have them)."""
@@ -179,7 +179,7 @@ class QualityMonitor:
         for read, part in itertools.groupby(run, key=lambda batch: batch.prediction is not None):
             batches = list(part)
             if read:
-                runs.append(np.concatenate([batch.prediction for batch in batches]))
+                runs.append(_one_array([batch.prediction for batch in batches]))
                 continue
             outputs = [batch.outputs for batch in batches if self.output in batch.outputs]
             if not outputs:
@@ -188,14 +188,12 @@ class QualityMonitor:
                 runs.append(self._label_slots(tally, self.label_scores, outputs))
             else:
                 runs.append(tally.slots(_joined([part[self.output] for part in outputs], tally.kind)))
-        return _joined_slots(runs) if runs else None
+        return _one_array(runs) if runs else None
 
     def _label_slots(self, tally: Tally, reader: LabelScores, outputs: list[Mapping[str, Any]]) -> npt.NDArray[np.intp]:
         predictions = _joined([part[self.output] for part in outputs], tally.kind)
-        scores = [part[reader.scores] for part in outputs]
-        return reader.slots(
-            predictions, scores[0] if len(scores) == 1 else np.concatenate(scores), tally.slot_of.__getitem__
-        )
+        scores = _one_array([part[reader.scores] for part in outputs])
+        return reader.slots(predictions, scores, tally.slot_of.__getitem__)
 
     def publish(self) -> None:
         """Count what is pending and export it: per-flush exports would cost the hot path label lookups."""
@@ -223,8 +221,9 @@ class _Batch(NamedTuple):
     """Its predictions' slots, read at `record` (a tapped batch of a classifier), or None."""
 
 
-def _joined_slots(runs: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
-    return runs[0] if len(runs) == 1 else np.concatenate(runs)
+def _one_array(parts: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """Consecutive parts as one array: a lone part as it is, not copied."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _tapped_slots(tally: Tally, tap: InputTap, pending: list[_Batch]) -> npt.NDArray[Any]:
@@ -235,7 +234,7 @@ def _tapped_slots(tally: Tally, tap: InputTap, pending: list[_Batch]) -> npt.NDA
         parts = list(run)
         runs.append(tap.slots([batch.outputs for batch in parts]) if tapped
                     else tally.slots(_joined([batch.inputs[tally.name] for batch in parts], tally.kind)))  # fmt: skip
-    return _joined_slots(runs)
+    return _one_array(runs)
 
 
 def _joined(columns: list[Any], kind: str) -> npt.NDArray[Any]:
@@ -249,7 +248,7 @@ def _joined(columns: list[Any], kind: str) -> npt.NDArray[Any]:
         # The batcher's columns: arrays of one layout, joined in one call and flattened once (a ravel per
         # part cost ~0.3 us a part and column, most of counting a stream of one-row batches). A lone part (a
         # tapped batch's labels, read at `record`) is only flattened: no copy on the batch loop.
-        joined = (columns[0] if len(columns) == 1 else np.concatenate(columns)).reshape(-1)
+        joined = _one_array(columns).reshape(-1)
         if kind == "numeric" or joined.dtype == object:
             return joined
         return joined.astype(str).astype(object)
