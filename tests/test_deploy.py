@@ -159,6 +159,31 @@ def test_manifests_run_the_image_as_built_same_tag_user_ports_and_a_writable_tmp
     assert runtime_container["image"] == f"tabserve:{version}"
 
 
+def pod_command(container: dict[str, Any], final: list[dict[str, Any]]) -> list[str]:
+    """What a pod runs in `container`, by Kubernetes' rules: `command` replaces the image's ENTRYPOINT and
+    drops its CMD; `args` replaces the CMD."""
+    declared = {item["instruction"]: json.loads(item["value"]) for item in final
+                if item["instruction"] in {"CMD", "ENTRYPOINT"}}  # fmt: skip
+    entrypoint = container.get("command", declared.get("ENTRYPOINT", []))
+    arguments = container.get("args", declared.get("CMD", []) if "command" not in container else [])
+    return [*entrypoint, *arguments]
+
+
+def test_every_manifest_runs_the_server_with_flags_it_accepts() -> None:
+    """A container given only `args` by an image with only a CMD would run its first flag as a program."""
+    final = final_stage(DockerfileParser(path=str(ROOT / "Dockerfile")).structure)
+    documents = load_documents()
+    (deployment,) = documents["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (runtime,) = documents["ServingRuntime"]["spec"]["containers"]
+    for container in (deployment, runtime):
+        command = pod_command(container, final)
+        assert command[:3] == ["python", "-m", "serve"], f"{container['name']} would run {command}"
+        # --help exits before any value is used, but only once every flag before it has parsed.
+        check = subprocess.run([sys.executable, "-m", "serve", *command[3:], "--help"],
+                               capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+        assert check.returncode == 0, f"{container['name']}: {command[3:]} -> {check.stderr}"
+
+
 @pytest.mark.slow
 def test_the_images_pinned_serving_set_alone_serves_the_models(model_dir: Path, tmp_path: Path) -> None:
     """The Dockerfile's install steps in a fresh virtualenv: requirements-serve.txt, then the project with --no-deps."""
