@@ -16,7 +16,8 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serve.errors import PermissionDeniedError, UnauthenticatedError, send_error
+from serve.access import client_request_id
+from serve.errors import PermissionDeniedError, ServeError, UnauthenticatedError, send_error
 from serve.settings import Settings
 
 Role = Literal["user", "admin"]
@@ -94,19 +95,22 @@ class AuthMiddleware:
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
-        key = _presented_key(scope)
-        if key is None:
-            message = "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-            await send_error(send, UnauthenticatedError(message))
-            return
-        role = self.keys.role(key)
-        if role is None:
-            await send_error(send, PermissionDeniedError("API key not recognised"))
-            return
-        if role != "admin" and ADMIN_PATH.match(path):
-            await send_error(send, PermissionDeniedError("loading and unloading models needs an admin key"))
+        refusal = self._refusal(scope, path)
+        if refusal is not None:
+            await send_error(send, refusal, client_request_id(scope["headers"]))
             return
         await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope, path: str) -> ServeError | None:
+        key = _presented_key(scope)
+        if key is None:
+            return UnauthenticatedError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        role = self.keys.role(key)
+        if role is None:
+            return PermissionDeniedError("API key not recognised")
+        if role != "admin" and ADMIN_PATH.match(path):
+            return PermissionDeniedError("loading and unloading models needs an admin key")
+        return None
 
 
 def _presented_key(scope: Scope) -> str | None:

@@ -166,8 +166,10 @@ def render(exc: ServeError) -> tuple[int, Headers, bytes]:
     return exc.status, headers, body
 
 
-async def send_error(send: Send, exc: ServeError) -> None:
-    """Answer with `exc` from code below Starlette (auth, the in-flight limit)."""
+async def send_error(send: Send, exc: ServeError, request_id: str | None = None) -> None:
+    """Answer with `exc` from code below Starlette (auth, the in-flight limit), echoing the client's request id."""
     status, headers, body = render(exc)
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -197,6 +197,12 @@ def test_access_log_is_one_json_line_per_request_without_bodies_or_keys(model_di
         assert response.headers["x-request-id"] == "trace-42"
         generated = httpx.post(f"{url}/predict", json={"age": 35}, headers={"X-API-Key": "very-secret"})
         assert generated.headers["x-request-id"]
+        # Refused before any endpoint, a request still gets its id back (and no generated one: no log line).
+        unauthenticated = httpx.post(f"{url}/predict", json={"age": 35}, headers={"X-Request-ID": "trace-401"})
+        assert unauthenticated.status_code == 401 and unauthenticated.headers["x-request-id"] == "trace-401"
+        wrong = httpx.post(f"{url}/predict", json={"age": 35}, headers={"X-API-Key": "nope", "X-Request-ID": "t-403"})
+        assert wrong.status_code == 403 and wrong.headers["x-request-id"] == "t-403"
+        assert "x-request-id" not in httpx.post(f"{url}/predict", json={"age": 35}).headers
     lines = [json.loads(line.split(": ", 1)[1]) for line in log.read_text().splitlines() if "tabserve.access" in line]
     record = next(item for item in lines if item["request_id"] == "trace-42")
     assert record["model"] == "age-weight" and record["version"] == 1 and record["rows"] == 3
@@ -259,7 +265,8 @@ def test_in_flight_and_queue_limits_answer_503_with_retry_after_at_once(model_di
 
         def send(index: int) -> None:
             started = time.perf_counter()
-            response = httpx.post(f"{url}/v2/models/age-weight/infer", json=AGE, timeout=10)
+            response = httpx.post(f"{url}/v2/models/age-weight/infer", json=AGE, timeout=10,
+                                  headers={"X-Request-ID": f"limit-{index}"})  # fmt: skip
             results.append((index, time.perf_counter() - started, response))
 
         threads = [threading.Thread(target=send, args=(index,)) for index in range(6)]
@@ -270,13 +277,34 @@ def test_in_flight_and_queue_limits_answer_503_with_retry_after_at_once(model_di
             thread.join()
     statuses = Counter(response.status_code for _, _, response in results)
     assert statuses[200] == 2 and statuses[503] == 4, statuses
-    for _, seconds, response in results:
+    for index, seconds, response in results:
+        assert response.headers["x-request-id"] == f"limit-{index}", "queue and in-flight refusals alike"
         if response.status_code == 503:
             assert response.headers["retry-after"] == "1"
             # Half the batch delay: a refusal that waited for the batch would take over 1 s; 0.4 s was seen
             # for an immediate refusal on a loaded 2-core machine, so a tighter bound would be flaky.
             assert seconds < 0.5, "a refusal does not wait for the batch"
             assert "limit" in response.json()["error"]
+
+
+def test_the_in_flight_limit_refuses_before_the_endpoint_and_echoes_the_request_id(model_dir: Path) -> None:
+    # A 1 s batch delay holds the one request the limit lets in; the next meets the limit, not the queue.
+    env = {"SERVE_MAX_BATCH_DELAY_MS": "1000", "SERVE_MAX_IN_FLIGHT": "1"}
+    with running_server(model_dir, env) as url:
+        held: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: held.append(httpx.post(f"{url}/v2/models/age-weight/infer", json=AGE, timeout=10))
+        )
+        sender.start()
+        queued = 'tabserve_queue_depth{model="age-weight",version="1"} 1.0'
+        wait_for(lambda: queued in httpx.get(f"{url}/metrics").text, what="the first request queued")
+        refused = httpx.post(f"{url}/v2/models/age-weight/infer", json=AGE, headers={"X-Request-ID": "over-1"})
+        sender.join()
+        rejected = httpx.get(f"{url}/metrics").text
+    assert refused.status_code == 503 and "inference requests, its limit" in refused.json()["error"]
+    assert refused.headers["x-request-id"] == "over-1" and refused.headers["retry-after"]
+    assert 'tabserve_rejected_requests_total{reason="in_flight"} 1.0' in rejected
+    assert held[0].status_code == 200
 
 
 def test_a_full_queue_refuses_a_request_before_reading_its_body_and_explain_does_not_use_the_queue(
