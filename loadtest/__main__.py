@@ -51,7 +51,7 @@ MODEL_DIR_OPTION = click.option(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=DEFAULT_BUDGETS,
     show_default=True,
-    help="TOML with a [scenario] table of p50_ms/p95_ms/p99_ms/max_error_rate/min_rps.",
+    help="TOML with a [scenario] table of p50_ms/p95_ms/p99_ms/max_error_rate/min_rps (drift: drift_alert).",
 )
 @click.option("--host", default=None, help="Server to load, e.g. http://127.0.0.1:8000.")
 @click.option(
