@@ -44,11 +44,13 @@ def request_id(presented: bytes | str | None, generate: bool) -> str | None:
     return f"{_PROCESS_TAG}-{next(_request_ids)}" if generate else None
 
 
-def client_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The client's X-Request-ID among an ASGI scope's `headers`, if valid: for a refusal before any endpoint
-    (auth, the in-flight limit), which writes no access-log line for a generated id to point into."""
-    presented = next((value for key, value in headers if key == b"x-request-id"), None)
-    return request_id(presented, generate=False)
+def http_request_id(headers: list[tuple[bytes, bytes]], generate: bool = False) -> str | None:
+    """`request_id` of the X-Request-ID among an ASGI scope's `headers`. A refusal before any endpoint (auth,
+    the in-flight limit) generates none: it writes no access-log line for one to point into."""
+    for key, value in headers:  # a loop, not next() over a generator: this runs on every inference request
+        if key == b"x-request-id":
+            return request_id(bytes(value), generate)
+    return request_id(None, generate)
 
 
 def finish(

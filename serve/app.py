@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve import endpoints, inference
-from serve.access import client_request_id
+from serve.access import http_request_id
 from serve.auth import AuthMiddleware, KeyRing
 from serve.cache import ResponseCache
 from serve.errors import (
@@ -127,7 +127,7 @@ class InferenceFront:
         refusal = in_flight.refusal()
         if refusal is not None:
             scope["state"]["metrics"].rejected.labels("in_flight").inc()
-            await send_error(send, refusal, client_request_id(scope["headers"]))
+            await send_error(send, refusal, http_request_id(scope["headers"]))
             return
         scope["path_params"] = params  # shared between requests to the same path: read, never written
         in_flight.count += 1

@@ -16,7 +16,7 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serve.access import client_request_id
+from serve.access import http_request_id
 from serve.errors import PermissionDeniedError, ServeError, UnauthenticatedError, send_error
 from serve.settings import Settings
 
@@ -97,7 +97,7 @@ class AuthMiddleware:
             return
         refusal = self._refusal(scope, path)
         if refusal is not None:
-            await send_error(send, refusal, client_request_id(scope["headers"]))
+            await send_error(send, refusal, http_request_id(scope["headers"]))
             return
         await self.app(scope, receive, send)
 

@@ -18,7 +18,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from serve import binary, explanations, protocol, records
-from serve.access import RequestContext, finish, request_id
+from serve.access import RequestContext, finish, http_request_id
 from serve.body import read_body
 from serve.columns import Inputs, Outputs
 from serve.errors import INTERNAL_ERROR, InvalidRequestError, ServeError, render
@@ -51,7 +51,7 @@ class InferenceEndpoint:
             status, headers, body = render(INTERNAL_ERROR)
         state = scope["state"]
         logged = state["settings"].access_log
-        identifier = request_id(_header(scope, b"x-request-id"), generate=logged)
+        identifier = http_request_id(scope["headers"], generate=logged)
         if identifier is not None:
             headers.append((b"x-request-id", identifier.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -75,13 +75,6 @@ def _query(scope: Scope, name: str) -> str | None:
         return None
     values = urllib.parse.parse_qs(query.decode("latin-1")).get(name)
     return values[-1] if values else None
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
 
 
 def _context(scope: Scope) -> tuple[Settings, ModelRepository, dict[bytes, bytes]]:

@@ -278,7 +278,7 @@ def test_in_flight_and_queue_limits_answer_503_with_retry_after_at_once(model_di
     statuses = Counter(response.status_code for _, _, response in results)
     assert statuses[200] == 2 and statuses[503] == 4, statuses
     for index, seconds, response in results:
-        assert response.headers["x-request-id"] == f"limit-{index}", "queue and in-flight refusals alike"
+        assert response.headers["x-request-id"] == f"limit-{index}", "answered and refused alike"
         if response.status_code == 503:
             assert response.headers["retry-after"] == "1"
             # Half the batch delay: a refusal that waited for the batch would take over 1 s; 0.4 s was seen
