@@ -85,6 +85,9 @@ class ExplanationUnavailableError(ServeError):
 class RequestTimeoutError(ServeError):
     """The request's headers or body did not arrive in time."""
 
+    # The rest of the request may still come: read on this connection, it would be taken for the next one.
+    HEADERS = {"Connection": "close"}
+
 
 class PayloadTooLargeError(ServeError):
     pass
@@ -150,7 +153,10 @@ INTERNAL_ERROR = ServeError("internal server error; see the server log")
 
 def describe(value: object) -> str:
     """A received value for an error message: its type and up to 80 characters of it."""
-    return "nothing" if value is None else f"{type(value).__name__} {orjson.dumps(value, default=str)[:80].decode()}"
+    if value is None:
+        return "null"
+    # Cut at 80 bytes, which may split a character: that one is replaced, not a UnicodeDecodeError (a 500).
+    return f"{type(value).__name__} {orjson.dumps(value, default=str)[:80].decode(errors='replace')}"
 
 
 def codes(kind: type[ServeError]) -> tuple[int, str]:

@@ -25,11 +25,12 @@ import functools
 import os
 import socket
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from serve.errors import RequestTimeoutError, render
+from serve.errors import InvalidRequestError, RequestTimeoutError, ServeError, render
 
 FRESH_CONNECTION_GRACE_S = 0.25
 """At shutdown, how long a connection that has sent nothing yet may take to send its request."""
@@ -38,13 +39,24 @@ ON_DISCONNECT = "tabserve.on_disconnect"
 """Scope key: `register(callback)`; the callback runs if the client leaves before the response is complete."""
 
 
-def _timeout_response() -> bytes:
-    status, headers, body = render(RequestTimeoutError("request headers took too long to send"))
-    lines = [f"HTTP/1.1 {status} Request Timeout".encode(), *(name + b": " + value for name, value in headers)]
-    return b"\r\n".join([*lines, b"connection: close", b"", body])
+def _closing_response(error: ServeError) -> bytes:
+    """A whole response to write on a connection that closes after it (no ASGI cycle to send it through)."""
+    status, headers, body = render(error)
+    lines = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode(),
+        *(name + b": " + value for name, value in headers),
+    ]
+    if (b"connection", b"close") not in headers:
+        lines.append(b"connection: close")
+    return b"\r\n".join([*lines, b"", body])
 
 
-HEADER_TIMEOUT_RESPONSE = _timeout_response()
+HEADER_TIMEOUT_RESPONSE = _closing_response(RequestTimeoutError("request headers took too long to send"))
+INVALID_HTTP_RESPONSE = _closing_response(
+    InvalidRequestError(
+        "the request is not valid HTTP/1.1 (its request line, a header or a chunk); the connection closes"
+    )
+)
 
 
 def _has_unread_bytes(transport: asyncio.Transport) -> bool:
@@ -132,6 +144,12 @@ class ServeHttpProtocol(HttpToolsProtocol):
             callback()
         else:
             self._on_disconnect.append(callback)
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers bytes httptools cannot parse (a bad chunk, a broken request line) in text/plain;
+        # every answer here is {"error": ...}. uvicorn has logged `msg` already.
+        self.transport.write(INVALID_HTTP_RESPONSE)
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         # Before super(): that may start a pipelined request, whose callbacks are its own.

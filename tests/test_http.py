@@ -9,6 +9,7 @@ against a real server on loopback.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from typing import Any
 
@@ -203,6 +204,16 @@ def test_real_server_answers_head_100_continue_and_pipelined_requests(server_url
         assert response() == (b"HTTP/1.1 200 OK\r\n", b'{"predicted_weight":75.0}')
         connection.sendall((predict + b"\r\n" + body) * 2)
         assert [response() for _ in range(2)] == [(b"HTTP/1.1 200 OK\r\n", b'{"predicted_weight":75.0}')] * 2
+
+
+def test_bytes_that_are_not_http_get_a_json_400_and_a_closed_connection() -> None:
+    transport = asyncio.run(
+        exchange(small_json, b"POST /infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    )
+    head, _, body = b"".join(transport.writes).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"content-type: application/json" in head
+    assert b"connection: close" in head and transport.closed
+    assert json.loads(body)["error"].startswith("the request is not valid HTTP/1.1")
 
 
 def test_the_uvicorn_internals_tabserve_relies_on_are_still_there() -> None:
