@@ -142,7 +142,11 @@ def checked_feed(document: Any, model: Model, tail: bytes) -> tuple[Feed, int]:
     """Validate every part of the request, raising an error that names the first problem."""
     if not isinstance(document, dict):
         raise InvalidRequestError(f"expected a JSON object with 'inputs', got {describe(document)}")
-    inputs = document.get("inputs")
+    if "inputs" not in document:
+        raise InvalidRequestError(
+            f"the request has no 'inputs' (a non-empty list of tensors); its keys: {list(document)[:8]}"
+        )
+    inputs = document["inputs"]
     if not isinstance(inputs, list) or not inputs:
         raise InvalidRequestError(f"'inputs' must be a non-empty list of tensors, got {describe(inputs)}")
     feed: Feed = {}
@@ -151,7 +155,7 @@ def checked_feed(document: Any, model: Model, tail: bytes) -> tuple[Feed, int]:
     for position, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
             raise InvalidRequestError(f"inputs[{position}] must be a tensor object, got {describe(tensor)}")
-        spec = _input_spec(model, tensor.get("name"), feed)
+        spec = _input_spec(model, position, tensor.get("name"), feed)
         shape = _check_shape(spec, tensor.get("shape"), tensor.get("datatype"))
         count = math.prod(shape)
         size = (tensor.get("parameters") or {}).get("binary_data_size")
@@ -182,8 +186,12 @@ def checked_feed(document: Any, model: Model, tail: bytes) -> tuple[Feed, int]:
     return feed, rows
 
 
-def _input_spec(model: Model, name: Any, seen: Feed) -> TensorSpec:
-    spec = model.input_by_name.get(name) if isinstance(name, str) else None
+def _input_spec(model: Model, position: int, name: Any, seen: Feed) -> TensorSpec:
+    if not isinstance(name, str):
+        raise InvalidRequestError(
+            f"inputs[{position}] needs a 'name', one of {model.input_names}; got {describe(name)}"
+        )
+    spec = model.input_by_name.get(name)
     if spec is None:
         raise InvalidRequestError(f"unexpected input {name!r} for model {model.name!r}; expected {model.input_names}")
     if name in seen:
@@ -199,9 +207,12 @@ def _check_shape(spec: TensorSpec, shape: Any, datatype: Any) -> list[int]:
     if not isinstance(shape, list) or not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape):
         raise InvalidRequestError(f"input {spec.name!r}: shape must be a list of integers, got {shape!r}")
     expected = list(spec.shape)
-    if len(shape) != len(expected) or any(
-        dim < 0 or (want >= 0 and dim != want) for dim, want in zip(shape, expected, strict=True)
-    ):
+    if any(dim < 0 for dim in shape):
+        raise InvalidRequestError(
+            f"input {spec.name!r}: shape {shape} has a negative size; a request gives its real sizes (the model's "
+            f"{expected} takes any size where it says -1)"
+        )
+    if len(shape) != len(expected) or any(want >= 0 and dim != want for dim, want in zip(shape, expected, strict=True)):
         raise InvalidRequestError(
             f"input {spec.name!r}: shape {shape} does not match the model's {expected} (-1 = any)"
         )
@@ -237,7 +248,7 @@ def _decode_json(model: Model, spec: TensorSpec, data: Any, count: int) -> npt.N
         with np.errstate(over="ignore", invalid="ignore"):
             array = array.astype(spec.dtype)
         if kind == "f":
-            check_finite(array, spec.name, model)  # a number beyond the datatype's range is infinite by now
+            check_finite(array, spec.name, model, data)  # a number beyond the datatype's range is infinite by now
     if array.size != count:
         raise InvalidRequestError(f"input {spec.name!r} has {array.size} values; its shape needs {count}")
     return array

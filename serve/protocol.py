@@ -7,6 +7,7 @@ was expected, and raises a ServeError with a 4xx status.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -38,8 +39,24 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # orjson rejects NaN and Infinity literals too: JSON has no such numbers.
-        raise InvalidRequestError(f"malformed JSON: {exc}") from None
+        raise InvalidRequestError(_malformed(body, exc)) from None
+
+
+def _malformed(body: bytes, exc: orjson.JSONDecodeError) -> str:
+    """What is wrong with a body orjson refused, in the caller's terms where orjson's are misleading."""
+    try:
+        body.decode()
+    except UnicodeDecodeError as bad:  # orjson reports these as surrogates, at the wrong position
+        return f"the body is not UTF-8 text, as JSON must be: byte 0x{body[bad.start]:02x} at offset {bad.start}"
+    found = NON_JSON_NUMBER.search(body)
+    if found is not None:  # orjson says "unexpected character": the caller meant a number
+        literal = found.group().decode()
+        return f"malformed JSON: {literal} is not a JSON number; send null for a missing value ({exc})"
+    return f"malformed JSON: {exc}"
+
+
+NON_JSON_NUMBER = re.compile(rb"(?<![\w\"])-?(?:NaN|Infinity|inf|nan)(?![\w\"])")
+"""Python's and JavaScript's spellings of non-finite numbers, outside strings (roughly: not quoted)."""
 
 
 def parse_infer_request(document: Any, model: Model, tail: bytes, max_rows: int) -> InferRequest:

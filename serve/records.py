@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from serve.columns import Feed
-from serve.errors import InvalidRequestError
+from serve.errors import InvalidRequestError, describe
 from serve.model import Model
 from serve.values import check_finite, check_rows
 
@@ -27,18 +27,23 @@ def parse_instances(document: Any, model: Model, max_rows: int) -> tuple[Feed, i
         instances = document["instances"]
         if not isinstance(instances, list):
             raise InvalidRequestError(f"'instances' must be a list of records, got {type(instances).__name__}")
+        where = _listed
     elif isinstance(document, dict):
         instances = [document]
+        where = _bare  # its errors name its fields, not a list the caller never sent
     else:
-        raise InvalidRequestError(f"expected a JSON object with 'instances', got {type(document).__name__}")
+        raise InvalidRequestError(
+            "expected a JSON object: one record of feature values, or "
+            f'{{"instances": [records]}}; got {describe(document)}'
+        )
     check_rows(len(instances), max_rows)
     known = model.input_by_name
     for index, record in enumerate(instances):
         if not isinstance(record, dict):
-            raise InvalidRequestError(f"instances[{index}] must be an object of feature values, got {record!r:.80}")
+            raise InvalidRequestError(f"{where(index)} must be an object of feature values, got {record!r:.80}")
         unknown = [key for key in record if key not in known]
         if unknown:
-            raise InvalidRequestError(f"instances[{index}] has unknown field(s) {unknown}; expected {list(known)}")
+            raise InvalidRequestError(f"{where(index)} has unknown field(s) {unknown}; expected {list(known)}")
     feed: Feed = {}
     for spec in model.inputs:
         missing = MISSING_BY_DATATYPE.get(spec.datatype) if spec.name in model.imputed else None
@@ -48,21 +53,29 @@ def parse_instances(document: Any, model: Model, max_rows: int) -> tuple[Feed, i
             if value is None:
                 if missing is None:
                     raise InvalidRequestError(
-                        f"instances[{index}] lacks {spec.name!r}, which model {model.name!r} needs (it has no imputer)"
+                        f"{where(index)} lacks {spec.name!r}, which model {model.name!r} needs (it has no imputer)"
                     )
                 value = missing
             elif spec.datatype == "BYTES":
                 if not isinstance(value, str):
-                    raise InvalidRequestError(f"instances[{index}].{spec.name} must be a string, got {value!r:.80}")
+                    raise InvalidRequestError(f"{where(index, spec.name)} must be a string, got {value!r:.80}")
             elif isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidRequestError(f"instances[{index}].{spec.name} must be a number, got {value!r:.80}")
+                raise InvalidRequestError(f"{where(index, spec.name)} must be a number, got {value!r:.80}")
             column.append(value)
         with np.errstate(over="ignore"):
             array = np.array(column, dtype=spec.dtype).reshape(len(instances), *[max(dim, 1) for dim in spec.shape[1:]])
         if array.dtype.kind == "f":
-            check_finite(array, spec.name, model)  # a number beyond FP32's range arrives here as infinity
+            check_finite(array, spec.name, model, column)  # a number beyond FP32's range arrives here as infinity
         feed[spec.name] = array
     return feed, len(instances)
+
+
+def _listed(index: int, field: str | None = None) -> str:
+    return f"instances[{index}]" if field is None else f"instances[{index}].{field}"
+
+
+def _bare(index: int, field: str | None = None) -> str:
+    return "the record" if field is None else repr(field)
 
 
 def render_predictions(model: Model, outputs: Mapping[str, npt.NDArray[Any]]) -> list[Any]:

@@ -6,6 +6,7 @@ only in a float input the model imputes; infinities never. Both parsing paths ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -65,9 +66,20 @@ def nonfinite_problem(array: npt.NDArray[Any], missing_ok: bool) -> Problem | No
     return None if missing_ok else "missing"
 
 
-def check_finite(array: npt.NDArray[Any], name: str, model: Model) -> None:
-    """Raise the `nonfinite_problem` of a float input, naming it."""
+def check_finite(array: npt.NDArray[Any], name: str, model: Model, sent: list[Any] | None = None) -> None:
+    """Raise the `nonfinite_problem` of a float input, naming it. `sent`: the JSON data (lists, nested as the
+    shape) `array` was made from. JSON has no infinities, so an infinite value there is a number beyond the
+    datatype's range, and is named as such."""
     problem = nonfinite_problem(array, name in model.missing_ok)
+    if problem == "infinite" and sent is not None:
+        top = float(np.finfo(array.dtype).max)
+        values = np.asarray(sent, dtype=object).reshape(-1).tolist()
+        value = next((value for value in values if type(value) in (int, float) and abs(value) > top), math.inf)
+        if not math.isinf(value):  # data given as Python objects (not parsed JSON) may hold a real infinity
+            datatype = model.input_by_name[name].datatype
+            raise InvalidRequestError(
+                f"input {name!r} is {datatype}: {value!r} is beyond its range (-{top:.7g} to {top:.7g})"
+            )
     if problem is not None:
         raise InvalidRequestError(PROBLEMS[problem].format(input=name, model=model.name))
 

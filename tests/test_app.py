@@ -142,9 +142,15 @@ BAD_INFER = [
     pytest.param({"inputs": [{**v2_tensor("age", [1.0, 2.0]), "shape": [1, 1]}]}, "input 'age' has 2 values; its shape needs 1", id="count-mismatch"),
     pytest.param({"inputs": [v2_tensor("age", ["thirty"])]}, "input 'age' is FP32: expected numbers, got 'thirty'", id="non-numeric"),
     pytest.param({"inputs": [v2_tensor("age", [True])]}, "input 'age' is FP32: expected numbers, got True", id="boolean"),
-    pytest.param({"inputs": [v2_tensor("age", [1e39])]}, "input 'age' contains an infinite value; expected finite numbers", id="overflow"),
+    pytest.param({"inputs": [v2_tensor("age", [1e39])]}, "input 'age' is FP32: 1e+39 is beyond its range (-3.402823e+38 to 3.402823e+38)", id="overflow"),
+    pytest.param({"inputs": [{**v2_tensor("age", [1.0, -1e300]), "shape": [2, 1]}]}, "input 'age' is FP32: -1e+300 is beyond its range", id="overflow-checked-path"),
+    pytest.param({"inputs": [{"datatype": "FP32", "shape": [1, 1], "data": [35]}]}, "inputs[0] needs a 'name', one of ['age']; got null", id="no-name"),
+    pytest.param({"inputs": [{**v2_tensor("age", [1.0]), "name": 5}]}, "inputs[0] needs a 'name', one of ['age']; got int 5", id="non-string-name"),
+    pytest.param({"inputs": [{**v2_tensor("age", [1.0]), "shape": [-1, 1]}]}, "input 'age': shape [-1, 1] has a negative size; a request gives its real sizes", id="negative-shape"),
+    pytest.param({"instances": [{"age": 35}]}, "the request has no 'inputs' (a non-empty list of tensors); its keys: ['instances']", id="records-body"),
     pytest.param({"inputs": [{**v2_tensor("age", [[1.0], [2.0, 3.0]]), "shape": [2, 1]}]}, "input 'age': 'data' is not a regular array", id="ragged"),
     pytest.param({"inputs": []}, "'inputs' must be a non-empty list of tensors, got list []", id="no-inputs"),
+    pytest.param({"inputs": "é" * 100}, "'inputs' must be a non-empty list of tensors, got str \"éé", id="non-ascii-cut-in-the-message"),
     pytest.param({"inputs": [v2_tensor("age", [1.0]), v2_tensor("age", [1.0])]}, "input 'age' appears more than once", id="duplicate"),
     pytest.param({"inputs": [{**v2_tensor("age", []), "shape": [0, 1]}]}, "the request has 0 rows; expected at least 1", id="zero-rows"),
     pytest.param({"inputs": [{"name": "age", "datatype": "FP32", "shape": [1, 1]}]}, "input 'age' has neither 'data' nor parameters.binary_data_size", id="no-data"),
@@ -304,8 +310,11 @@ def test_missing_input_is_named(client: TestClient) -> None:
     [
         pytest.param(b"", "empty request body; expected a JSON object", id="empty"),
         pytest.param(b'{"inputs": [', "malformed JSON", id="truncated"),
-        pytest.param(b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [1, 1], "data": [NaN]}]}', "malformed JSON", id="nan-literal"),
-        pytest.param(b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [1, 1], "data": [Infinity]}]}', "malformed JSON", id="infinity-literal"),
+        pytest.param(b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [1, 1], "data": [NaN]}]}', "malformed JSON: NaN is not a JSON number; send null for a missing value", id="nan-literal"),
+        pytest.param(b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [1, 1], "data": [Infinity]}]}', "malformed JSON: Infinity is not a JSON number", id="infinity-literal"),
+        pytest.param(b'{"inputs": [{"name": "NaN", "datatype": "FP32", "shape": [1, 1], "data": [1.0]', "malformed JSON: unexpected end of data", id="nan-in-a-string-is-no-hint"),
+        pytest.param(b"null", "expected a JSON object with 'inputs', got null", id="null"),
+        pytest.param(b'{"inputs": "\xff"}', "the body is not UTF-8 text, as JSON must be: byte 0xff at offset 12", id="not-utf8"),
     ],
 )  # fmt: skip
 def test_unparseable_bodies_are_400(client: TestClient, body: bytes, message: str) -> None:
@@ -350,6 +359,10 @@ BAD_RECORDS = [
     pytest.param({"instances": "age"}, "'instances' must be a list of records, got str", id="not-a-list"),
     pytest.param({"instances": []}, "the request has 0 rows; expected at least 1", id="empty"),
     pytest.param({"instances": [5]}, "instances[0] must be an object of feature values, got 5", id="not-an-object"),
+    pytest.param({"instances": [{"age": 1e39}]}, "input 'age' is FP32: 1e+39 is beyond its range (-3.402823e+38 to 3.402823e+38)", id="overflow"),
+    pytest.param({"age": "35"}, "'age' must be a number, got '35'", id="bare-record-string-number"),
+    pytest.param({"age": 1, "height": 2}, "the record has unknown field(s) ['height']; expected ['age']", id="bare-record-unknown-field"),
+    pytest.param([35], 'expected a JSON object: one record of feature values, or {"instances": [records]}; got list [35]', id="a-list"),
 ]  # fmt: skip
 
 

@@ -50,7 +50,7 @@ def penguin(**data: list[Any]) -> dict[str, Any]:
 BAD = [
     pytest.param("age-weight", age(["thirty"]), b"", "input 'age' is FP32: expected numbers, got 'thirty'", id="string"),
     pytest.param("age-weight", age([True]), b"", "input 'age' is FP32: expected numbers, got True", id="boolean"),
-    pytest.param("age-weight", age([1e39]), b"", "input 'age' contains an infinite value", id="beyond-fp32"),
+    pytest.param("age-weight", age([1e39]), b"", "input 'age' is FP32: 1e+39 is beyond its range", id="beyond-fp32"),
     pytest.param("age-weight", age([None]), b"", "input 'age' contains NaN (a missing value), but model 'age-weight' has no imputer", id="null-not-imputed"),
     pytest.param("age-weight", age([1.0], datatype="FP64"), b"", "input 'age': datatype 'FP64' does not match", id="datatype"),
     pytest.param("age-weight", age([1.0], shape=[1, True]), b"", "input 'age': shape must be a list of integers, got [1, True]", id="boolean-dimension"),
