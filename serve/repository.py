@@ -144,7 +144,9 @@ class ModelRepository:
         async with self._lock:
             if only is not None:
                 self._unloaded.discard(only)
+            found = set()
             for name, version, folder in scan(self._settings.model_dir):
+                found.add((name, version))
                 if (
                     (only is not None and name != only)
                     or name in self._unloaded
@@ -162,6 +164,11 @@ class ModelRepository:
                     continue
                 await self.add(model)
                 logger.info("loaded %s version %d (%.3f s to load, verify and warm)", name, version, model.load_seconds)
+            # A refused version whose folder is gone leaves the index: the refusal described files that no
+            # longer exist. (A serving version stays: nothing serving is touched by a scan.)
+            for key in [key for key in self.failures if key not in found and (only is None or key[0] == only)]:
+                del self.failures[key]
+                self._tried.pop(key, None)
         return refusals
 
     async def unload(self, name: str) -> None:

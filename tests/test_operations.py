@@ -240,6 +240,8 @@ def test_tampered_and_invalid_versions_are_refused_while_the_old_one_serves(mode
         assert "is not a loadable ONNX model" in reasons["3"]
         answer = httpx.post(f"{url}/v2/repository/models/age-weight/load", headers=admin)
         assert answer.status_code == 400 and "age-weight version 2" in answer.json()["error"]
+        shutil.rmtree(repository / "age-weight" / "3")  # withdrawn: its refusal leaves the index
+        wait_for(lambda: [item["version"] for item in refused()] == ["2"], what="the withdrawn version's refusal gone")
         wait_for(lambda: load.versions["1"] > 50, what="version 1 still serving")
     assert set(load.versions) == {"1"} and set(load.statuses) == {200} and load.errors == []
 
