@@ -56,6 +56,11 @@ def fill_penguin(page: Any) -> None:
 def test_predicting_in_the_page_shows_what_the_api_answers(page: Any, server_url: str, tmp_path: Path) -> None:
     page.goto(server_url + "/")
     page.wait_for_selector("#models button[data-model='penguins']")
+    # The page opens on the first model, not on an empty panel.
+    first = page.locator("#models button").first
+    page.wait_for_selector("#model-panel:not([hidden])")
+    assert page.locator("#model-title").inner_text() == f"{first.get_attribute('data-model')} v1"
+    assert "selected" in (first.get_attribute("class") or "")
     fill_penguin(page)
     card = page.locator("#model-card").inner_text()
     assert "parity probabilities" in card and "CV accuracy" in card

@@ -6,6 +6,7 @@ const KEY_STORAGE = "tabserve-api-key";
 const HISTORY = 60;
 const $ = (id) => document.getElementById(id);
 let current = null; // {name, version, metadata}
+let selections = 0; // the latest selectModel call: an earlier one whose answers come later gives way
 
 function headers(extra = {}) {
   const key = sessionStorage.getItem(KEY_STORAGE);
@@ -47,11 +48,16 @@ async function loadModels() {
     li.append(button);
     list.append(li);
   }
+  // Open on a model rather than an empty page: the first one, until the user picks another.
+  const first = list.querySelector("button");
+  if (!current && selections === 0 && first) first.click();
 }
 
 async function selectModel(name, version, button) {
+  const selection = ++selections;
   document.querySelectorAll("#models button").forEach((b) => b.classList.toggle("selected", b === button));
   const metadata = await api(`/v2/models/${encodeURIComponent(name)}/versions/${version}`);
+  if (selection !== selections) return;
   current = { name, version, metadata };
   const p = metadata.parameters || {};
   $("model-title").textContent = `${name} v${version}`;
@@ -60,6 +66,7 @@ async function selectModel(name, version, button) {
   renderImportance(p.importance);
   renderFields(metadata.inputs, p.features || []);
   await refreshQuality();
+  if (selection !== selections) return;
   show($("prediction"), false);
   show($("error"), false);
   show($("model-panel"), true);
@@ -162,14 +169,16 @@ function histogram(recent, reference) {
 }
 
 async function refreshQuality() {
-  if (!current) return;
+  const model = current;
+  if (!model) return;
   let report;
   try {
-    report = await api(`/v2/models/${encodeURIComponent(current.name)}/versions/${current.version}/quality`);
+    report = await api(`/v2/models/${encodeURIComponent(model.name)}/versions/${model.version}/quality`);
   } catch (error) {
-    show($("quality-panel"), false);  // monitoring off, or no key yet
+    if (current === model) show($("quality-panel"), false);  // monitoring off, or no key yet
     return;
   }
+  if (current !== model) return; // another model was chosen meanwhile: its own refresh shows its figures
   const body = $("quality").tBodies[0];
   body.replaceChildren();
   for (const feature of report.features) {
