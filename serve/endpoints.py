@@ -135,11 +135,32 @@ async def repository_index(request: Request) -> Response:
 async def repository_load(request: Request) -> Response:
     """Load (or reload) a model's versions from disk; a refused version is a 400 naming why, old ones keep serving."""
     name = request.path_params["model_name"]
+    await _no_parameters(request, "load", frozenset())
     versions = await fleet.load(_repository(request), request.state.fleet, name)
     return json_response({"name": name, "versions": [str(v) for v in versions]})
 
 
 async def repository_unload(request: Request) -> Response:
     name = request.path_params["model_name"]
+    await _no_parameters(request, "unload", frozenset({"unload_dependents"}))  # no ensembles: nothing depends
     await fleet.unload(_repository(request), request.state.fleet, name)
     return json_response({"name": name, "state": "UNAVAILABLE"})
+
+
+async def _no_parameters(request: Request, action: str, ignored: frozenset[str]) -> None:
+    """Triton's load / unload body, {"parameters": {...}}, may be empty or absent. tabserve takes a model's
+    versions from its folder, so the parameters that would change that (config, files) are refused, not ignored."""
+    settings: Settings = request.state.settings
+    body = await read_body(
+        request.receive, dict(request.scope["headers"]), settings.max_body_bytes, settings.request_timeout_s
+    )
+    options = parse_json(body) if body.strip() else {}
+    parameters = options.get("parameters") or {} if isinstance(options, dict) else None
+    if not isinstance(options, dict) or set(options) - {"parameters"} or not isinstance(parameters, dict):
+        raise InvalidRequestError(f'{action} takes an empty body or {{"parameters": {{}}}}, got {body[:80]!r}')
+    unsupported = sorted(set(parameters) - ignored)
+    if unsupported:
+        raise InvalidRequestError(
+            f"{action} parameters {unsupported} are not supported: tabserve {action}s every version of the model "
+            "as its folder in the model repository holds it"
+        )

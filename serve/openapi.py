@@ -115,6 +115,16 @@ SCHEMAS: dict[str, Any] = {
             "seconds": {"type": "number"},
         },
     },  # fmt: skip
+    "RepositoryIndexRequest": {
+        "type": "object",
+        "properties": {"ready": {"type": "boolean", "description": "only the versions that serve"}},
+    },
+    "RepositoryRequest": {
+        "type": "object",
+        "description": "Triton's load / unload body: tabserve takes no parameters but unload's unload_dependents",
+        "properties": {"parameters": {"type": "object"}},
+        "additionalProperties": False,
+    },
     "Instances": {
         "type": "object",
         "required": ["instances"],
@@ -123,7 +133,9 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def _operation(summary: str, params: list[Any], body: str | None = None, response: Any = ANY_OBJECT) -> dict[str, Any]:
+def _operation(
+    summary: str, params: list[Any], body: str | None = None, response: Any = ANY_OBJECT, body_required: bool = True
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
         "parameters": params,
@@ -131,7 +143,7 @@ def _operation(summary: str, params: list[Any], body: str | None = None, respons
     }
     if body is not None:
         schema = {"$ref": f"#/components/schemas/{body}"} if body in SCHEMAS else ANY_OBJECT
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+        operation["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": schema}}}
     return operation
 
 
@@ -146,7 +158,9 @@ def openapi_document(model_names: list[str], versions: list[str]) -> dict[str, A
         "/v2/health/ready": {"get": _operation("readiness", [])},
         "/v2": {"get": _operation("server metadata", [])},
         "/v2/models/stats": {"get": _operation("statistics of every model", [])},
-        "/v2/repository/index": {"post": _operation("repository index", [], body="index")},
+        "/v2/repository/index": {
+            "post": _operation("repository index", [], body="RepositoryIndexRequest", body_required=False)
+        },
         "/predict": {"post": _operation("the seed article's endpoint on the default model", [], body="record")},
     }
     for prefix, params in (
@@ -192,7 +206,7 @@ def openapi_document(model_names: list[str], versions: list[str]) -> dict[str, A
         paths[prefix + "/golden"] = {"get": _operation("golden vectors", params)}
     for action in ("load", "unload"):
         paths[f"/v2/repository/models/{{model_name}}/{action}"] = {
-            "post": _operation(f"{action} a model (admin)", [MODEL])
+            "post": _operation(f"{action} a model (admin)", [MODEL], body="RepositoryRequest", body_required=False)
         }
     return {
         "openapi": "3.0.3",

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import tritonclient.grpc
+import tritonclient.http
 
 from loadtest.servers import clean_env, free_port
 from loadtest.storm import ConnectionStorm, http_request
@@ -257,6 +258,17 @@ def test_unload_and_load_through_the_repository_api(model_dir: Path, tmp_path: P
         assert httpx.get(f"{url}/v2/models/penguins/ready").json() == {"name": "penguins", "ready": True}
         missing = httpx.post(f"{url}/v2/repository/models/nope/load")
         assert missing.status_code == 404 and "no servable version of 'nope'" in missing.json()["error"]
+        # Triton's body: tritonclient's own calls work; what tabserve cannot honour is refused, not ignored.
+        triton = tritonclient.http.InferenceServerClient(url.removeprefix("http://"))
+        triton.unload_model("penguins", unload_dependents=True)  # {"parameters": {"unload_dependents": true}}
+        assert httpx.get(f"{url}/v2/models/penguins").status_code == 404
+        triton.load_model("penguins")
+        assert httpx.get(f"{url}/v2/models/penguins/ready").json()["ready"] is True
+        config = httpx.post(f"{url}/v2/repository/models/penguins/load", json={"parameters": {"config": "{}"}})
+        assert config.status_code == 400 and "load parameters ['config'] are not supported" in config.json()["error"]
+        garbage = httpx.post(f"{url}/v2/repository/models/penguins/unload", content=b"garbage")
+        assert garbage.status_code == 400 and "malformed JSON" in garbage.json()["error"]
+        assert httpx.get(f"{url}/v2/models/penguins/ready").json()["ready"] is True, "a refused unload unloads nothing"
 
 
 def test_in_flight_and_queue_limits_answer_503_with_retry_after_at_once(model_dir: Path) -> None:
