@@ -127,7 +127,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "Instances": {
         "type": "object",
-        "required": ["instances"],
+        "description": '{"instances": [records]}, or one bare record of feature values',
         "properties": {"instances": {"type": "array", "minItems": 1, "items": ANY_OBJECT}},
     },  # fmt: skip
 }

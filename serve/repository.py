@@ -207,6 +207,11 @@ class ModelRepository:
         """The named version, or the latest one; 404 naming what exists otherwise."""
         versions = self._models.get(name)
         if not versions:
+            if name in self._unloaded:
+                raise ModelNotFoundError(
+                    f"model {name!r} is unloaded: POST /v2/repository/models/{name}/load serves it again; "
+                    f"available: {sorted(self._models)}"
+                )
             raise ModelNotFoundError(f"unknown model {name!r}; available: {sorted(self._models)}")
         if version is None:
             return versions[max(versions)]
