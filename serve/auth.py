@@ -72,12 +72,27 @@ class KeyRing:
             user |= hmac.compare_digest(presented, known)
         return "admin" if admin else "user" if user else None
 
+    def refusal(self, key: str | None, admin: bool, how: str) -> ServeError | None:
+        """Why a request presenting `key` may not go on (`admin`: it loads or unloads), or None; `how` says how
+        to send a key in the caller's protocol."""
+        if key is None:
+            return UnauthenticatedError(f"missing API key: send {how}")
+        role = self.role(key)
+        if role is None:
+            return PermissionDeniedError("API key not recognised")
+        if admin and role != "admin":
+            return PermissionDeniedError("loading and unloading models needs an admin key")
+        return None
+
     def describe(self) -> str:
         if not self.enabled:
             return "API keys: OFF (no key configured): every endpoint is open to anyone who can connect"
         return (
             f"API keys: on ({len(self.users)} user key(s), {len(self.admins)} admin key(s)); health endpoints stay open"
         )
+
+
+HTTP_KEY_HEADERS = "'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 
 
 class AuthMiddleware:
@@ -95,22 +110,11 @@ class AuthMiddleware:
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(scope, path)
+        refusal = self.keys.refusal(_presented_key(scope), bool(ADMIN_PATH.match(path)), HTTP_KEY_HEADERS)
         if refusal is not None:
             await send_error(send, refusal, http_request_id(scope["headers"]))
             return
         await self.app(scope, receive, send)
-
-    def _refusal(self, scope: Scope, path: str) -> ServeError | None:
-        key = _presented_key(scope)
-        if key is None:
-            return UnauthenticatedError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-        role = self.keys.role(key)
-        if role is None:
-            return PermissionDeniedError("API key not recognised")
-        if role != "admin" and ADMIN_PATH.match(path):
-            return PermissionDeniedError("loading and unloading models needs an admin key")
-        return None
 
 
 def _presented_key(scope: Scope) -> str | None:

@@ -122,11 +122,7 @@ async def metrics(request: Request) -> Response:
 async def repository_index(request: Request) -> Response:
     """Triton's repository index: every version with its state, refused ones with the reason."""
     repository = _repository(request)
-    settings: Settings = request.state.settings
-    body = await read_body(
-        request.receive, dict(request.scope["headers"]), settings.max_body_bytes, settings.request_timeout_s
-    )
-    options = parse_json(body) if body.strip() else {}
+    options, body = await _optional_json(request)
     if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
         raise InvalidRequestError(f'expected an object like {{"ready": true}}, got {body[:80]!r}')
     return json_response(descriptions.repository_index(repository, options.get("ready", False)))
@@ -135,32 +131,31 @@ async def repository_index(request: Request) -> Response:
 async def repository_load(request: Request) -> Response:
     """Load (or reload) a model's versions from disk; a refused version is a 400 naming why, old ones keep serving."""
     name = request.path_params["model_name"]
-    await _no_parameters(request, "load", frozenset())
-    versions = await fleet.load(_repository(request), request.state.fleet, name)
+    parameters = await _repository_parameters(request, "load")
+    versions = await fleet.load(_repository(request), request.state.fleet, name, parameters)
     return json_response({"name": name, "versions": [str(v) for v in versions]})
 
 
 async def repository_unload(request: Request) -> Response:
     name = request.path_params["model_name"]
-    await _no_parameters(request, "unload", frozenset({"unload_dependents"}))  # no ensembles: nothing depends
-    await fleet.unload(_repository(request), request.state.fleet, name)
+    parameters = await _repository_parameters(request, "unload")
+    await fleet.unload(_repository(request), request.state.fleet, name, parameters)
     return json_response({"name": name, "state": "UNAVAILABLE"})
 
 
-async def _no_parameters(request: Request, action: str, ignored: frozenset[str]) -> None:
-    """Triton's load / unload body, {"parameters": {...}}, may be empty or absent. tabserve takes a model's
-    versions from its folder, so the parameters that would change that (config, files) are refused, not ignored."""
+async def _optional_json(request: Request) -> tuple[Any, bytes]:
+    """A body that may be empty ({} then), else JSON; with its bytes, for an error message."""
     settings: Settings = request.state.settings
     body = await read_body(
         request.receive, dict(request.scope["headers"]), settings.max_body_bytes, settings.request_timeout_s
     )
-    options = parse_json(body) if body.strip() else {}
-    parameters = options.get("parameters") or {} if isinstance(options, dict) else None
-    if not isinstance(options, dict) or set(options) - {"parameters"} or not isinstance(parameters, dict):
-        raise InvalidRequestError(f'{action} takes an empty body or {{"parameters": {{}}}}, got {body[:80]!r}')
-    unsupported = sorted(set(parameters) - ignored)
-    if unsupported:
-        raise InvalidRequestError(
-            f"{action} parameters {unsupported} are not supported: tabserve {action}s every version of the model "
-            "as its folder in the model repository holds it"
-        )
+    return (parse_json(body) if body.strip() else {}), body
+
+
+async def _repository_parameters(request: Request, action: str) -> list[str]:
+    """The names in Triton's load / unload body, {"parameters": {...}}, which may be empty or absent."""
+    options, body = await _optional_json(request)
+    parameters = options.get("parameters") if isinstance(options, dict) else None
+    if not isinstance(options, dict) or set(options) - {"parameters"} or not isinstance(parameters, dict | None):
+        raise InvalidRequestError(f'{action} takes an empty body or {{"parameters": {{...}}}}, got {body[:80]!r}')
+    return list(parameters or {})

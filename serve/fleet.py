@@ -19,12 +19,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 from serve import descriptions
-from serve.errors import ModelNotFoundError, WorkersBehindError
+from serve.errors import InvalidRequestError, ModelNotFoundError, WorkersBehindError
 from serve.repository import ModelRepository
 
 logger = logging.getLogger("tabserve.fleet")
@@ -180,14 +180,32 @@ def _read(path: Path) -> dict[str, Any]:
     return state
 
 
-async def load(repository: ModelRepository, fleet: Fleet | None, name: str) -> list[int]:
+IGNORED_PARAMETERS = {"load": frozenset(), "unload": frozenset({"unload_dependents"})}
+"""Triton's load / unload parameters tabserve takes and ignores: it has no ensembles, so nothing depends on a
+model. The others (config, file:...) would load something other than the folder's files: refused, not ignored."""
+
+
+def check_parameters(action: str, names: Collection[str]) -> None:
+    unsupported = sorted(set(names) - IGNORED_PARAMETERS[action])
+    if unsupported:
+        raise InvalidRequestError(
+            f"{action} parameters {unsupported} are not supported: tabserve {action}s every version of the model "
+            "as its folder in the model repository holds it"
+        )
+
+
+async def load(
+    repository: ModelRepository, fleet: Fleet | None, name: str, parameters: Collection[str] = ()
+) -> list[int]:
     """The repository API's load: in this process only, or in every worker."""
+    check_parameters("load", parameters)
     if fleet is None:
         return await descriptions.load_model(repository, name)
     return await fleet.load(name)
 
 
-async def unload(repository: ModelRepository, fleet: Fleet | None, name: str) -> None:
+async def unload(repository: ModelRepository, fleet: Fleet | None, name: str, parameters: Collection[str] = ()) -> None:
+    check_parameters("unload", parameters)
     if fleet is None:
         await repository.unload(name)
     else:

@@ -209,7 +209,7 @@ class ModelRepository:
         if not versions:
             if name in self._unloaded:
                 raise ModelNotFoundError(
-                    f"model {name!r} is unloaded: POST /v2/repository/models/{name}/load serves it again; "
+                    f"model {name!r} is unloaded (the repository API's load serves it again); "
                     f"available: {sorted(self._models)}"
                 )
             raise ModelNotFoundError(f"unknown model {name!r}; available: {sorted(self._models)}")

@@ -258,8 +258,11 @@ def test_keys_guard_grpc_as_rest_and_tls_uses_the_same_certificate(model_dir: Pa
         assert infer("age-weight", [age_input()], headers=user).as_numpy("variable").ravel().tolist() == [75.0, 60.0]
         unload = client.unload_model
         assert status_of(lambda: unload("diabetes", headers=user)) == grpc.StatusCode.PERMISSION_DENIED
-        unload("diabetes", headers=admin)
+        unload("diabetes", headers=admin, unload_dependents=True)  # accepted: nothing depends on a model here
         assert status_of(lambda: client.is_model_ready("diabetes", headers=user)) == grpc.StatusCode.NOT_FOUND
+        # As over REST, a load parameter tabserve cannot honour is refused, not ignored.
+        config = lambda: client.load_model("diabetes", headers=admin, config="{}")  # noqa: E731
+        assert status_of(config) == grpc.StatusCode.INVALID_ARGUMENT
         client.load_model("diabetes", headers=admin)
         assert client.is_model_ready("diabetes", headers=user)
         plain = triton.InferenceServerClient(f"127.0.0.1:{port}")

@@ -254,7 +254,10 @@ def test_unload_and_load_through_the_repository_api(model_dir: Path, tmp_path: P
             "state": "UNAVAILABLE",
         }
         unloaded = httpx.get(f"{url}/v2/models/penguins")
-        assert unloaded.status_code == 404 and "model 'penguins' is unloaded: POST" in unloaded.json()["error"]
+        assert (
+            unloaded.status_code == 404
+            and "model 'penguins' is unloaded (the repository API's load" in unloaded.json()["error"]
+        )
         assert httpx.post(f"{url}/v2/repository/models/penguins/load").json() == {"name": "penguins", "versions": ["1"]}
         assert httpx.get(f"{url}/v2/models/penguins/ready").json() == {"name": "penguins", "ready": True}
         missing = httpx.post(f"{url}/v2/repository/models/nope/load")

@@ -22,9 +22,7 @@ from serve.errors import (
     INTERNAL_ERROR,
     ClientDisconnectedError,
     ModelNotFoundError,
-    PermissionDeniedError,
     ServeError,
-    UnauthenticatedError,
     codes,
 )
 from serve.grpc import converters
@@ -129,13 +127,9 @@ class Servicer:
         if not self.keys.enabled:
             return
         key = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
-        if key is None:
-            raise UnauthenticatedError("missing API key: send 'authorization: Bearer <key>' or 'x-api-key: <key>'")
-        role = self.keys.role(key)
-        if role is None:
-            raise PermissionDeniedError("API key not recognised")
-        if admin and role != "admin":
-            raise PermissionDeniedError("loading and unloading models needs an admin key")
+        refusal = self.keys.refusal(key, admin, "'authorization: Bearer <key>' or 'x-api-key: <key>' metadata")
+        if refusal is not None:
+            raise refusal
 
     def _parsed(
         self, request: pb.ModelInferRequest, context: Any, record: RequestContext, scoring: bool
@@ -203,7 +197,7 @@ class Servicer:
     async def repository_load(
         self, request: pb.RepositoryModelLoadRequest, context: Any, record: RequestContext
     ) -> Any:
-        await fleet.load(self.state["repository"], self.state["fleet"], request.model_name)
+        await fleet.load(self.state["repository"], self.state["fleet"], request.model_name, list(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def repository_unload(
@@ -211,7 +205,7 @@ class Servicer:
     ) -> Any:
         if not request.model_name:
             raise ModelNotFoundError("RepositoryModelUnload names no model")
-        await fleet.unload(self.state["repository"], self.state["fleet"], request.model_name)
+        await fleet.unload(self.state["repository"], self.state["fleet"], request.model_name, list(request.parameters))
         return pb.RepositoryModelUnloadResponse()
 
 
