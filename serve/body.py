@@ -37,7 +37,11 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], max_bytes: in
         except TimeoutError:
             raise RequestTimeoutError(f"the body did not arrive within {timeout_s:g} s") from None
     encoding = headers.get(b"content-encoding")
-    return body if encoding is None or encoding == b"identity" else _decompress(body, encoding.decode(), max_bytes)
+    return (
+        body
+        if encoding is None or encoding == b"identity"
+        else _decompress(body, encoding.decode("latin-1"), max_bytes)
+    )
 
 
 async def _read_rest(receive: Receive, message: Message, max_bytes: int) -> bytes:

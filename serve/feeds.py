@@ -144,7 +144,7 @@ def checked_feed(document: Any, model: Model, tail: bytes) -> tuple[Feed, int]:
         raise InvalidRequestError(f"expected a JSON object with 'inputs', got {describe(document)}")
     if "inputs" not in document:
         raise InvalidRequestError(
-            f"the request has no 'inputs' (a non-empty list of tensors); its keys: {list(document)[:8]}"
+            f"the request has no 'inputs' (a non-empty list of tensors); it has {describe(list(document))}"
         )
     inputs = document["inputs"]
     if not isinstance(inputs, list) or not inputs:
@@ -155,10 +155,17 @@ def checked_feed(document: Any, model: Model, tail: bytes) -> tuple[Feed, int]:
     for position, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
             raise InvalidRequestError(f"inputs[{position}] must be a tensor object, got {describe(tensor)}")
-        spec = _input_spec(model, position, tensor.get("name"), feed)
+        if "name" not in tensor:
+            raise InvalidRequestError(f"inputs[{position}] has no 'name'; expected one of {model.input_names}")
+        spec = _input_spec(model, position, tensor["name"], feed)
         shape = _check_shape(spec, tensor.get("shape"), tensor.get("datatype"))
         count = math.prod(shape)
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        parameters = tensor.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidRequestError(
+                f"input {spec.name!r}: 'parameters' must be an object, got {describe(parameters)}"
+            )
+        size = (parameters or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(tail):
                 raise InvalidRequestError(
@@ -189,7 +196,7 @@ def checked_feed(document: Any, model: Model, tail: bytes) -> tuple[Feed, int]:
 def _input_spec(model: Model, position: int, name: Any, seen: Feed) -> TensorSpec:
     if not isinstance(name, str):
         raise InvalidRequestError(
-            f"inputs[{position}] needs a 'name', one of {model.input_names}; got {describe(name)}"
+            f"inputs[{position}]: 'name' must be one of {model.input_names}, got {describe(name)}"
         )
     spec = model.input_by_name.get(name)
     if spec is None:

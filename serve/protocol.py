@@ -45,18 +45,20 @@ def parse_json(body: bytes) -> Any:
 def _malformed(body: bytes, exc: orjson.JSONDecodeError) -> str:
     """What is wrong with a body orjson refused, in the caller's terms where orjson's are misleading."""
     try:
-        body.decode()
+        text = body.decode()
     except UnicodeDecodeError as bad:  # orjson reports these as surrogates, at the wrong position
         return f"the body is not UTF-8 text, as JSON must be: byte 0x{body[bad.start]:02x} at offset {bad.start}"
-    found = NON_JSON_NUMBER.search(body)
-    if found is not None:  # orjson says "unexpected character": the caller meant a number
-        literal = found.group().decode()
+    found = NON_JSON_NUMBER.match(text, exc.pos)  # where orjson stopped: after a sign, or at a value
+    if found is not None:  # orjson says "unexpected character" or "no digit after sign": a number was meant
+        literal = found.group()
+        if text[exc.pos - 1 : exc.pos] == "-":
+            literal = "-" + literal
         return f"malformed JSON: {literal} is not a JSON number; send null for a missing value ({exc})"
     return f"malformed JSON: {exc}"
 
 
-NON_JSON_NUMBER = re.compile(rb"(?<![\w\"])-?(?:NaN|Infinity|inf|nan)(?![\w\"])")
-"""Python's and JavaScript's spellings of non-finite numbers, outside strings (roughly: not quoted)."""
+NON_JSON_NUMBER = re.compile(r"(?:NaN|Infinity|inf|nan)\b")
+"""Python's and JavaScript's spellings of non-finite numbers."""
 
 
 def parse_infer_request(document: Any, model: Model, tail: bytes, max_rows: int) -> InferRequest:

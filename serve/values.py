@@ -73,9 +73,11 @@ def check_finite(array: npt.NDArray[Any], name: str, model: Model, sent: list[An
     problem = nonfinite_problem(array, name in model.missing_ok)
     if problem == "infinite" and sent is not None:
         top = float(np.finfo(array.dtype).max)
-        values = np.asarray(sent, dtype=object).reshape(-1).tolist()
-        value = next((value for value in values if type(value) in (int, float) and abs(value) > top), math.inf)
-        if not math.isinf(value):  # data given as Python objects (not parsed JSON) may hold a real infinity
+        # The value where `array` is infinite, by position: one just over the largest finite value may round
+        # down to it (FP32 takes 3.4028235e38), so "the first value above the maximum" is not always it.
+        first = int(np.flatnonzero(np.isinf(array.reshape(-1)))[0])
+        value = np.asarray(sent, dtype=object).reshape(-1)[first]
+        if type(value) in (int, float) and not math.isinf(value):  # Python data (not parsed JSON) may hold inf
             datatype = model.input_by_name[name].datatype
             raise InvalidRequestError(
                 f"input {name!r} is {datatype}: {value!r} is beyond its range (-{top:.7g} to {top:.7g})"

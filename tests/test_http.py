@@ -204,6 +204,11 @@ def test_real_server_answers_head_100_continue_and_pipelined_requests(server_url
         assert response() == (b"HTTP/1.1 200 OK\r\n", b'{"predicted_weight":75.0}')
         connection.sendall((predict + b"\r\n" + body) * 2)
         assert [response() for _ in range(2)] == [(b"HTTP/1.1 200 OK\r\n", b'{"predicted_weight":75.0}')] * 2
+        # Header values are bytes, not necessarily UTF-8: a Content-Encoding that is not is named, not a 500.
+        connection.sendall(predict + b"Content-Encoding: gz\xffip\r\n\r\n" + body)
+        status, answer = response()
+        assert status == b"HTTP/1.1 400 Bad Request\r\n"
+        assert json.loads(answer)["error"].startswith("unsupported Content-Encoding 'gz\xffip'")
 
 
 def test_bytes_that_are_not_http_get_a_json_400_and_a_closed_connection() -> None:
@@ -224,7 +229,7 @@ def test_the_uvicorn_internals_tabserve_relies_on_are_still_there() -> None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
     for method in ("connection_made", "on_message_begin", "on_headers_complete", "on_response_complete",
-                   "connection_lost"):  # fmt: skip
+                   "connection_lost", "send_400_response"):  # fmt: skip
         assert callable(getattr(HttpToolsProtocol, method, None)), f"HttpToolsProtocol.{method}"
     assert list(inspect.signature(HttpToolsProtocol.__init__).parameters)[1:4] == [
         "config",
