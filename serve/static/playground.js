@@ -122,13 +122,14 @@ function renderImportance(importance) {
   show($("importance-panel"), columns.length > 0);
 }
 
-async function explain(record, prediction) {
+async function explain(model, record, prediction) {
   show($("why"), false);
   show($("why-error"), false);
-  if (!current.metadata.parameters || !current.metadata.parameters.background_rows) return;
-  const path = `/v1/models/${encodeURIComponent(current.name)}/versions/${current.version}:explain`;
+  if (!model.metadata.parameters || !model.metadata.parameters.background_rows) return;
+  const path = `/v1/models/${encodeURIComponent(model.name)}/versions/${model.version}:explain`;
   try {
     const body = await api(path, { method: "POST", body: JSON.stringify({ instances: [record] }), headers: { "Content-Type": "application/json" } });
+    if (current !== model) return; // another model was chosen meanwhile: this one's explanation is not shown
     // A classifier: explain the class it chose; a regressor has one output.
     const index = prediction && typeof prediction === "object" ? Math.max(0, body.outputs.indexOf(String(prediction.label))) : 0;
     const values = body.values[0];
@@ -143,6 +144,7 @@ async function explain(record, prediction) {
       `${body.method}, ${body.rows_evaluated} rows scored in ${(body.seconds * 1000).toFixed(1)} ms`;
     show($("why"), true);
   } catch (error) {
+    if (current !== model) return;
     $("why-error").textContent = `explanation: ${error.message}`;
     show($("why-error"), true);
   }
@@ -230,7 +232,8 @@ function renderFields(inputs, features) {
 
 async function predict(event) {
   event.preventDefault();
-  if (!current) return;
+  const model = current;
+  if (!model) return;
   const record = {};
   for (const control of $("fields").querySelectorAll("input, select")) {
     if (control.dataset.kind === "numeric") {
@@ -239,14 +242,16 @@ async function predict(event) {
       record[control.name] = control.value;
     }
   }
-  const path = `/v1/models/${encodeURIComponent(current.name)}/versions/${current.version}:predict`;
+  const path = `/v1/models/${encodeURIComponent(model.name)}/versions/${model.version}:predict`;
   const started = performance.now();
   try {
     const body = await api(path, { method: "POST", body: JSON.stringify({ instances: [record] }), headers: { "Content-Type": "application/json" } });
     const elapsed = performance.now() - started;
+    if (current !== model) return; // answered for a model no longer shown
     showPrediction(body.predictions[0], elapsed);
-    await explain(record, body.predictions[0]);
+    await explain(model, record, body.predictions[0]);
   } catch (error) {
+    if (current !== model) return;
     show($("prediction"), false);
     $("error").textContent = error.message;
     show($("error"), true);
