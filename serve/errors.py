@@ -152,7 +152,7 @@ INTERNAL_ERROR = ServeError("internal server error; see the server log")
 
 
 def describe(value: object) -> str:
-    """A received value for an error message: its type and up to 80 characters of it."""
+    """A received value for an error message: its type and up to 80 bytes of its JSON."""
     if value is None:
         return "null"
     # Cut at 80 bytes, which may split a character: that one is replaced, not a UnicodeDecodeError (a 500).
