@@ -305,15 +305,21 @@ def test_in_flight_and_queue_limits_answer_503_with_retry_after_at_once(model_di
             assert "limit" in response.json()["error"]
 
 
+def infer_in_background(url: str) -> tuple[threading.Thread, list[httpx.Response]]:
+    """One age-weight request on its own thread (a batch delay holds it): the thread, and where its answer lands."""
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(
+        target=lambda: answers.append(httpx.post(f"{url}/v2/models/age-weight/infer", json=AGE, timeout=10))
+    )
+    thread.start()
+    return thread, answers
+
+
 def test_the_in_flight_limit_refuses_before_the_endpoint_and_echoes_the_request_id(model_dir: Path) -> None:
     # A 1 s batch delay holds the one request the limit lets in; the next meets the limit, not the queue.
     env = {"SERVE_MAX_BATCH_DELAY_MS": "1000", "SERVE_MAX_IN_FLIGHT": "1"}
     with running_server(model_dir, env) as url:
-        held: list[httpx.Response] = []
-        sender = threading.Thread(
-            target=lambda: held.append(httpx.post(f"{url}/v2/models/age-weight/infer", json=AGE, timeout=10))
-        )
-        sender.start()
+        sender, held = infer_in_background(url)
         queued = 'tabserve_queue_depth{model="age-weight",version="1"} 1.0'
         wait_for(lambda: queued in httpx.get(f"{url}/metrics").text, what="the first request queued")
         refused = httpx.post(f"{url}/v2/models/age-weight/infer", json=AGE, headers={"X-Request-ID": "over-1"})
@@ -331,11 +337,7 @@ def test_a_full_queue_refuses_a_request_before_reading_its_body_and_explain_does
     # A 3 s batch delay holds the first request in a one-request queue; what comes next meets a full queue.
     env = {"SERVE_MAX_BATCH_DELAY_MS": "3000", "SERVE_MAX_QUEUE_SIZE": "1"}
     with running_server(model_dir, env) as url:
-        held: list[httpx.Response] = []
-        sender = threading.Thread(
-            target=lambda: held.append(httpx.post(f"{url}/v2/models/age-weight/infer", json=AGE, timeout=10))
-        )
-        sender.start()
+        sender, held = infer_in_background(url)
         # A body that is not JSON: 400 while the queue has room, 503 once it is full, since the refusal
         # comes before the body is read (it would be refused after parsing anyway).
         truncated = b'{"inputs": ['
