@@ -12,6 +12,7 @@ import click
 
 from contract import Task
 from export.convert import UnconvertibleStepError
+from export.missing import MissingStringsError, for_empty_strings
 from export.options import BACKGROUND_OPTION, OUT_OPTION, column_options, tolerance_options
 from export.parity import ParityError, Tolerance
 from export.table import ColumnChoices, TableError
@@ -190,6 +191,10 @@ def pipeline(
         table, labels = read_sample_table(sample, columns, target, task, expected, progress)
     prepared = table.frame
     fitted = with_column_inputs(fitted, prepared)
+    with refusals():
+        fitted, changed = for_empty_strings(fitted, prepared)
+    if changed:
+        progress(f"missing strings read as '' (tabserve's), not NaN, by {', '.join(changed)}; same answers checked")
     metrics: dict[str, Any] = {"data": table.record()}
     if labels is not None:
         metrics["sample"] = {"rows": len(prepared), "score": float(fitted.score(prepared, labels))}
@@ -230,7 +235,7 @@ def refusals() -> Iterator[None]:
     """A refused model is a clean non-zero exit with the reason, and nothing written."""
     try:
         yield
-    except (ParityError, UnconvertibleStepError) as exc:
+    except (ParityError, UnconvertibleStepError, MissingStringsError) as exc:
         click.echo(f"error: {exc}\nnothing was published.", err=True)
         raise click.exceptions.Exit(1) from exc
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from sklearn.linear_model import LinearRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from export.__main__ import cli
 from export.repository import publish, versions
@@ -215,3 +219,76 @@ def test_versions_increment_and_racing_exporters_get_distinct_versions(tmp_path:
     assert sorted(published) == [1, 2, 3, 4]
     for version in published:
         assert (tmp_path / "raced" / str(version) / "v.txt").read_text() == str(version)
+
+
+def string_frame(rows: int = 300) -> tuple[pd.DataFrame, np.ndarray]:
+    """A pandas frame as users have them: NaN for a missing city and a missing age; a label per row."""
+    rng = np.random.default_rng(0)
+    cities = np.array(["Paris", "Lyon", "Nice", "Lille", None], dtype=object)
+    frame = pd.DataFrame({"age": rng.uniform(18, 80, rows), "income": rng.normal(50000, 15000, rows),
+                          "city": rng.choice(cities, rows)})  # fmt: skip
+    frame.loc[rng.choice(rows, 20, replace=False), "age"] = np.nan
+    labels = np.where(frame["age"].fillna(40) > 50, "old", np.where(frame["city"].isna(), "unknown", "young"))
+    return frame, labels
+
+
+@pytest.mark.parametrize(
+    "categories",
+    [
+        # The pipeline of the brief: strings imputed with a constant, then one-hot encoded.
+        pytest.param(
+            lambda: make_pipeline(
+                SimpleImputer(strategy="constant", fill_value="missing"), OneHotEncoder(handle_unknown="ignore")
+            ),
+            id="imputed",
+        ),  # fmt: skip
+        # No imputer: the encoder learned NaN as a category of its own.
+        pytest.param(lambda: OneHotEncoder(handle_unknown="ignore"), id="nan-category"),
+    ],
+)
+def test_a_pipeline_fitted_on_nan_strings_answers_a_missing_string_as_scikit_learn_does(
+    tmp_path: Path, categories: Any
+) -> None:
+    frame, labels = string_frame()
+    numbers = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
+    model = Pipeline([
+        ("pre", ColumnTransformer([("num", numbers, ["age", "income"]), ("cat", categories(), ["city"])])),
+        ("classify", LogisticRegression(max_iter=1000)),
+    ]).fit(frame, labels)  # fmt: skip
+    joblib.dump(model, tmp_path / "model.joblib")
+    frame.assign(segment=labels).to_csv(tmp_path / "sample.csv", index=False)
+    code, output = invoke("pipeline", str(tmp_path / "model.joblib"), "--sample", str(tmp_path / "sample.csv"),
+                          "--target", "segment", "--name", "segments", "--out", str(tmp_path / "models"))  # fmt: skip
+    assert code == 0, output
+    assert "missing strings read as '' (tabserve's), not NaN" in output
+    # Served, a missing city is '' (tabserve's missing string); to scikit-learn it is NaN, as it was fitted.
+    rows = pd.DataFrame({"age": [44.0, 60.0, np.nan], "income": [53281.79, 40000.0, 61000.0],
+                         "city": np.array([None, None, "Paris"], dtype=object)})  # fmt: skip
+    session = ort.InferenceSession(
+        tmp_path / "models" / "segments" / "1" / "model.onnx", providers=["CPUExecutionProvider"]
+    )
+    label, probabilities = session.run(None, {
+        "age": rows[["age"]].to_numpy(np.float32), "income": rows[["income"]].to_numpy(np.float32),
+        "city": rows[["city"]].fillna("").to_numpy(object),
+    })  # fmt: skip
+    assert label.tolist() == model.predict(rows).tolist() == ["unknown", "old", "young"]
+    np.testing.assert_allclose(probabilities, model.predict_proba(rows), atol=1e-6)
+
+
+def test_a_pipeline_whose_nan_strings_cannot_be_read_as_empty_is_refused(tmp_path: Path) -> None:
+    frame, labels = string_frame()
+    frame.loc[:9, "city"] = ""  # '' is a category of its own here, beside NaN: the two cannot become one
+    model = Pipeline([
+        ("pre", ColumnTransformer([
+            ("imputed", make_pipeline(SimpleImputer(strategy="constant", fill_value="?"), OneHotEncoder()), ["city"]),
+            ("raw", OrdinalEncoder(encoded_missing_value=-1), ["city"]),
+        ])),
+        ("classify", LogisticRegression(max_iter=1000)),
+    ]).fit(frame, labels)  # fmt: skip
+    joblib.dump(model, tmp_path / "model.joblib")
+    frame.assign(segment=labels).to_csv(tmp_path / "sample.csv", index=False)
+    code, output = invoke("pipeline", str(tmp_path / "model.joblib"), "--sample", str(tmp_path / "sample.csv"),
+                          "--target", "segment", "--name", "segments", "--out", str(tmp_path / "models"))  # fmt: skip
+    assert code == 1, output
+    assert "reading them as '' (tabserve's missing string) answers differently" in output
+    assert "nothing was published" in output and not (tmp_path / "models").exists()
