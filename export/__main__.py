@@ -175,7 +175,6 @@ def pipeline(
     columns: ColumnChoices,
 ) -> None:
     """Publish a pipeline you already trained (joblib). Load only files you trust: joblib runs pickles."""
-    import joblib
     from sklearn.base import is_classifier
 
     from export.convert import with_column_inputs
@@ -183,7 +182,7 @@ def pipeline(
     from export.table import read_sample_table
 
     progress = Progress()
-    fitted = joblib.load(model)
+    fitted = _load_estimator(model)
     task: Task = "classification" if is_classifier(fitted) else "regression"
     fitted_columns = getattr(fitted, "feature_names_in_", None)
     expected = None if fitted_columns is None else [str(name) for name in fitted_columns]
@@ -197,7 +196,13 @@ def pipeline(
         progress(f"missing strings read as '' (tabserve's), not NaN, by {', '.join(changed)}; same answers checked")
     metrics: dict[str, Any] = {"data": table.record()}
     if labels is not None:
-        metrics["sample"] = {"rows": len(prepared), "score": float(fitted.score(prepared, labels))}
+        try:
+            score = float(fitted.score(prepared, labels))
+        except (ValueError, TypeError) as exc:  # a classifier given a numeric target, labels it never saw...
+            raise click.BadParameter(
+                f"the pipeline cannot score column {target!r}: {exc}", param_hint="--target"
+            ) from exc
+        metrics["sample"] = {"rows": len(prepared), "score": score}
     with refusals():
         published = export_pipeline(
             fitted,
@@ -217,6 +222,36 @@ def pipeline(
             progress=progress,
         )
     _summarise(published)
+
+
+def _load_estimator(path: Path) -> Any:
+    """A fitted scikit-learn estimator from a joblib file; a usage error naming the file otherwise."""
+    import joblib
+    from sklearn.base import BaseEstimator
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        loaded = joblib.load(path)
+    except ModuleNotFoundError as exc:  # a custom step whose module is not importable here
+        raise click.BadParameter(
+            f"{path} needs module {exc.name!r}, which this Python cannot import: install it, or put it on PYTHONPATH",
+            param_hint="MODEL",
+        ) from exc
+    except Exception as exc:  # joblib raises whatever unpickling garbage raises: KeyError, EOFError, ...
+        raise click.BadParameter(
+            f"{path} is not a joblib file ({type(exc).__name__}: {exc})", param_hint="MODEL"
+        ) from exc
+    if not isinstance(loaded, BaseEstimator) or not hasattr(loaded, "predict"):
+        raise click.BadParameter(
+            f"{path} holds a {type(loaded).__name__}, not a scikit-learn estimator or pipeline with predict",
+            param_hint="MODEL",
+        )
+    try:
+        check_is_fitted(loaded)
+    except NotFittedError as exc:
+        raise click.BadParameter(f"{path} holds an estimator that was never fitted", param_hint="MODEL") from exc
+    return loaded
 
 
 @contextlib.contextmanager

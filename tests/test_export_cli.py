@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,42 @@ def test_a_pipeline_whose_nan_strings_cannot_be_read_as_empty_is_refused(tmp_pat
     assert code == 1, output
     assert "reading them as '' (tabserve's missing string) answers differently" in output
     assert "nothing was published" in output and not (tmp_path / "models").exists()
+
+
+def test_a_model_file_that_is_not_a_fitted_estimator_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    frame, labels = string_frame(60)
+    frame.assign(segment=labels).to_csv(tmp_path / "sample.csv", index=False)
+    joblib.dump({"not": "a model"}, tmp_path / "dict.joblib")
+    (tmp_path / "garbage.joblib").write_bytes(b"not a pickle at all")
+    joblib.dump(LinearRegression(), tmp_path / "unfitted.joblib")
+    expected = {
+        "dict": "holds a dict, not a scikit-learn estimator or pipeline with predict",
+        "garbage": "is not a joblib file",
+        "unfitted": "holds an estimator that was never fitted",
+    }
+    # A custom step whose module is not importable where the export runs (pickled here, then taken away).
+    (tmp_path / "userlib").mkdir()
+    (tmp_path / "userlib" / "__init__.py").write_text("class Step:\n    pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import userlib  # type: ignore[import-not-found]
+
+        joblib.dump(userlib.Step(), tmp_path / "custom.joblib")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("userlib", None)
+    expected["custom"] = "needs module 'userlib', which this Python cannot import"
+    for name, message in expected.items():
+        code, output = invoke("pipeline", str(tmp_path / f"{name}.joblib"), "--sample", str(tmp_path / "sample.csv"),
+                              "--name", name, "--out", str(tmp_path / "models"))  # fmt: skip
+        assert code == 2 and message in output and "Traceback" not in output, output
+    # A classifier asked to score a numeric column: named, on --target.
+    numbers = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
+    model = Pipeline([("pre", ColumnTransformer([("num", numbers, ["age", "income"])])),
+                      ("classify", LogisticRegression())]).fit(frame, labels)  # fmt: skip
+    joblib.dump(model, tmp_path / "model.joblib")
+    frame.assign(price=np.arange(60) * 1.5).to_csv(tmp_path / "priced.csv", index=False)
+    code, output = invoke("pipeline", str(tmp_path / "model.joblib"), "--sample", str(tmp_path / "priced.csv"),
+                          "--target", "price", "--name", "priced", "--out", str(tmp_path / "models"))  # fmt: skip
+    assert code == 2 and "the pipeline cannot score column 'price'" in output, output
+    assert not (tmp_path / "models").exists()
