@@ -78,6 +78,10 @@ def split_na_values(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(token for token in tokens if token))
 
 
+FEW_CLASSES = 10
+"""A whole-number target with at most this many values reads like classes: said, not decided, on auto."""
+
+
 def read_training_table(
     path: Path, target: str, choices: ColumnChoices, task: Task | None, note: Callable[[str], None]
 ) -> tuple[Table, pd.Series]:
@@ -100,6 +104,11 @@ def read_training_table(
         raise TableError(f"no columns are left to learn from: besides the target {target!r}, all were left out")
     frame, labels, without = _drop_missing_target(path, columns, frame, labels, target, choices, note)
     chosen = task or infer_task(labels)
+    if task is None and chosen == "regression":
+        values = pd.to_numeric(labels, errors="coerce").dropna()
+        if len(values) and (values == values.round()).all() and values.nunique() <= FEW_CLASSES:
+            note(f"target {target!r} has {values.nunique()} whole-number values and is learned as a regression; "
+                 "--task classification learns them as classes")  # fmt: skip
     _refuse(target_loss_refusal(labels, target, without, rows, chosen))
     if chosen == "classification":
         labels = _class_labels(labels)
@@ -149,7 +158,11 @@ def _check_names(path: Path, choices: ColumnChoices, target: str | None) -> list
     """Every column the user named exists, is named once, and is not the target; returns the header."""
     columns = [str(name) for name in _read(path, choices, header_only=True).columns]
     if target is not None and target not in columns:
-        raise TableError(f"column {target!r} is not in {path} (columns: {columns})", "--target")
+        hint = ""
+        if len(columns) == 1 and any(mark in columns[0] for mark in ";\t|"):
+            # One column whose name holds the others: the file is separated by something else than commas.
+            hint = "; the file reads as one column: tabserve reads comma-separated files, so convert it first"
+        raise TableError(f"column {target!r} is not in {path} (columns: {columns}){hint}", "--target")
     seen: dict[str, str] = {}
     for option, names in (
         ("--drop", choices.drop),

@@ -233,7 +233,12 @@ def train(
     choice = ESTIMATORS[estimator]
     if task not in choice.build:
         supported = ", ".join(choice.build)
-        raise ValueError(f"estimator {estimator!r} does not do {task}; it does {supported}")
+        hint = (
+            " (a numeric target is a regression one: --task classification keeps its values as classes)"
+            if (task == "regression" and "classification" in supported)
+            else ""
+        )
+        raise ValueError(f"estimator {estimator!r} does not do {task}; it does {supported}{hint}")
     model = choice.build[task]()
     search = None
     if grid and choice.grid:

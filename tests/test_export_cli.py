@@ -332,3 +332,22 @@ def test_a_model_file_that_is_not_a_fitted_estimator_is_a_usage_error_naming_it(
                           "--target", "price", "--name", "priced", "--out", str(tmp_path / "models"))  # fmt: skip
     assert code == 2 and "the pipeline cannot score column 'price'" in output, output
     assert not (tmp_path / "models").exists()
+
+
+def test_a_numeric_target_of_few_whole_values_and_a_semicolon_file_get_a_hint(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"age": rng.uniform(18, 80, 120), "city": rng.choice(["a", "b", "c"], 120)})
+    frame["churn"] = (frame["age"] > 50).astype(int)
+    frame.to_csv(tmp_path / "churn.csv", index=False)
+    frame.to_csv(tmp_path / "semicolons.csv", index=False, sep=";")
+    out = ("--out", str(tmp_path / "models"))
+    code, output = invoke("train", str(tmp_path / "semicolons.csv"), "--target", "churn", "--estimator", "tree",
+                          "--name", "s", *out)  # fmt: skip
+    assert code == 2 and "the file reads as one column: tabserve reads comma-separated files" in output, output
+    code, output = invoke("train", str(tmp_path / "churn.csv"), "--target", "churn", "--estimator", "logistic",
+                          "--name", "c", *out)  # fmt: skip
+    assert code == 2 and "--task classification keeps its values as classes" in output, output
+    code, output = invoke("train", str(tmp_path / "churn.csv"), "--target", "churn", "--estimator", "tree",
+                          "--folds", "2", "--name", "c", *out)  # fmt: skip
+    assert code == 0, output
+    assert "target 'churn' has 2 whole-number values and is learned as a regression" in output
