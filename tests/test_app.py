@@ -398,3 +398,33 @@ def test_cache_statistics_count_real_hits_and_misses(model_dir: Path) -> None:
     assert (stats["cache_hit"]["count"], stats["cache_miss"]["count"]) == (2, 2)
     assert stats["cache_hit"]["ns"] > 0 and stats["cache_miss"]["ns"] > 0
     assert stats["success"]["count"] == 2, "hits run no batch"
+
+
+def test_a_nan_answer_is_the_callers_400_not_a_200_with_a_made_up_label(tmp_path: Path) -> None:
+    """log1p below -1 is NaN in the graph, where scikit-learn raises: a 400 naming the output, not null."""
+    import joblib
+    import numpy as np
+    import pandas as pd
+    from click.testing import CliRunner
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from export.__main__ import cli
+
+    frame = pd.DataFrame({"x": np.linspace(0, 10, 60)})
+    model = make_pipeline(FunctionTransformer(np.log1p), LinearRegression()).fit(frame, 3 * np.log1p(frame["x"]))
+    joblib.dump(model, tmp_path / "model.joblib")
+    frame.to_csv(tmp_path / "sample.csv", index=False)
+    exported = CliRunner().invoke(cli, ["pipeline", str(tmp_path / "model.joblib"), "--sample",
+                                        str(tmp_path / "sample.csv"), "--name", "logs", "--out", str(tmp_path / "m")])  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    with TestClient(create_app(Settings(model_dir=tmp_path / "m", grpc_port=None))) as client:
+        assert client.post("/v1/models/logs:predict", json={"x": 1.0}).json()["predictions"][0] == pytest.approx(
+            3 * math.log1p(1.0), abs=1e-5
+        )
+        message = error_of(client.post("/v1/models/logs:predict", json={"instances": [{"x": 1.0}, {"x": -5.0}]}), 400)
+        assert message == "model logs/1 failed on this input: its output 'variable' is NaN for this input, " \
+                          "outside what the model computes"  # fmt: skip
+        v2 = client.post("/v2/models/logs/infer", json={"inputs": [v2_tensor("x", [-5.0])]})
+        assert "its output 'variable' is NaN" in error_of(v2, 400)
