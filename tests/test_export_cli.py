@@ -233,6 +233,14 @@ def string_frame(rows: int = 300) -> tuple[pd.DataFrame, np.ndarray]:
     return frame, labels
 
 
+def export_segments(model: Pipeline, frame: pd.DataFrame, labels: np.ndarray, folder: Path) -> tuple[int, str]:
+    """`export pipeline` on `model` saved with joblib, its frame (labels as 'segment') the sample."""
+    joblib.dump(model, folder / "model.joblib")
+    frame.assign(segment=labels).to_csv(folder / "sample.csv", index=False)
+    return invoke("pipeline", str(folder / "model.joblib"), "--sample", str(folder / "sample.csv"),
+                  "--target", "segment", "--name", "segments", "--out", str(folder / "models"))  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "categories",
     [
@@ -256,10 +264,7 @@ def test_a_pipeline_fitted_on_nan_strings_answers_a_missing_string_as_scikit_lea
         ("pre", ColumnTransformer([("num", numbers, ["age", "income"]), ("cat", categories(), ["city"])])),
         ("classify", LogisticRegression(max_iter=1000)),
     ]).fit(frame, labels)  # fmt: skip
-    joblib.dump(model, tmp_path / "model.joblib")
-    frame.assign(segment=labels).to_csv(tmp_path / "sample.csv", index=False)
-    code, output = invoke("pipeline", str(tmp_path / "model.joblib"), "--sample", str(tmp_path / "sample.csv"),
-                          "--target", "segment", "--name", "segments", "--out", str(tmp_path / "models"))  # fmt: skip
+    code, output = export_segments(model, frame, labels, tmp_path)
     assert code == 0, output
     assert "missing strings read as '' (tabserve's), not NaN" in output
     # Served, a missing city is '' (tabserve's missing string); to scikit-learn it is NaN, as it was fitted.
@@ -286,10 +291,7 @@ def test_a_pipeline_whose_nan_strings_cannot_be_read_as_empty_is_refused(tmp_pat
         ])),
         ("classify", LogisticRegression(max_iter=1000)),
     ]).fit(frame, labels)  # fmt: skip
-    joblib.dump(model, tmp_path / "model.joblib")
-    frame.assign(segment=labels).to_csv(tmp_path / "sample.csv", index=False)
-    code, output = invoke("pipeline", str(tmp_path / "model.joblib"), "--sample", str(tmp_path / "sample.csv"),
-                          "--target", "segment", "--name", "segments", "--out", str(tmp_path / "models"))  # fmt: skip
+    code, output = export_segments(model, frame, labels, tmp_path)
     assert code == 1, output
     assert "reading them as '' (tabserve's missing string) answers differently" in output
     assert "nothing was published" in output and not (tmp_path / "models").exists()
