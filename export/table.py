@@ -80,6 +80,8 @@ def split_na_values(values: Sequence[str]) -> tuple[str, ...]:
 
 FEW_CLASSES = 10
 """A whole-number target with at most this many values reads like classes: said, not decided, on auto."""
+RARE_CLASS = 0.05
+"""A class under this share of the rows gets a note: accuracy hides a model that never predicts it."""
 
 
 def read_training_table(
@@ -112,6 +114,16 @@ def read_training_table(
     _refuse(target_loss_refusal(labels, target, without, rows, chosen))
     if chosen == "classification":
         labels = _class_labels(labels)
+        shares = labels.value_counts(normalize=True)
+        if shares.iloc[-1] < RARE_CLASS:
+            note(f"class {shares.index[-1]!r} is {shares.iloc[-1]:.1%} of the rows: a model that never predicts it "
+                 "still scores a high accuracy; read f1_macro in the card")  # fmt: skip
+    for name in frame.columns:
+        if frame[name].nunique(dropna=False) <= 1:
+            note(f"column {name!r} holds one value in every row: it cannot inform the model (--drop leaves it out)")
+        base, dot, copy = str(name).rpartition(".")
+        if dot and copy.isdigit() and base in frame.columns:
+            note(f"column {name!r} is a second {base!r} in the header, renamed by pandas: rename one in the file")
     prepared = _prepare(frame, choices, judge=True)
     table = Table(prepared, chosen, rows, sum(without.values()), left_out, _typed(choices), choices.na_values)
     return table, labels

@@ -353,3 +353,17 @@ def test_a_numeric_target_of_few_whole_values_and_a_semicolon_file_get_a_hint(tm
                           "--folds", "2", "--name", "c", *out)  # fmt: skip
     assert code == 0, output
     assert "target 'churn' has 2 whole-number values and is learned as a regression" in output
+
+
+def test_a_rare_class_a_constant_column_and_a_repeated_header_get_notes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    rows = ["amount,amount,country,fraud"]
+    for index in range(200):
+        rows.append(f"{rng.uniform(1, 100):.2f},{rng.uniform(1, 100):.2f},FR,{'yes' if index % 50 == 0 else 'no'}")
+    (tmp_path / "fraud.csv").write_text("\n".join(rows) + "\n")
+    code, output = invoke("train", str(tmp_path / "fraud.csv"), "--target", "fraud", "--estimator", "tree",
+                          "--folds", "2", "--name", "fraud", "--out", str(tmp_path / "models"))  # fmt: skip
+    assert code == 0, output
+    assert "class 'yes' is 2.0% of the rows: a model that never predicts it still scores a high accuracy" in output
+    assert "column 'country' holds one value in every row" in output
+    assert "column 'amount.1' is a second 'amount' in the header, renamed by pandas" in output
