@@ -197,6 +197,10 @@ def pipeline(
     metrics: dict[str, Any] = {"data": table.record()}
     if labels is not None:
         try:
+            fitted.predict(prepared)
+        except Exception as exc:  # the pipeline refuses its own sample's rows: that is no --target problem
+            raise click.BadParameter(f"the pipeline fails on the sample's rows: {exc}", param_hint="--sample") from exc
+        try:
             score = float(fitted.score(prepared, labels))
         except (ValueError, TypeError) as exc:  # a classifier given a numeric target, labels it never saw...
             raise click.BadParameter(
@@ -236,6 +240,12 @@ def _load_estimator(path: Path) -> Any:
     except ModuleNotFoundError as exc:  # a custom step whose module is not importable here
         raise click.BadParameter(
             f"{path} needs module {exc.name!r}, which this Python cannot import: install it, or put it on PYTHONPATH",
+            param_hint="MODEL",
+        ) from exc
+    except AttributeError as exc:  # "Can't get attribute 'Double' on <module '__main__'>"
+        raise click.BadParameter(
+            f"{path} needs a class this Python cannot find ({exc}): define custom steps in a module that is "
+            "importable here, not in a notebook or the script that saved the pipeline",
             param_hint="MODEL",
         ) from exc
     except Exception as exc:  # joblib raises whatever unpickling garbage raises: KeyError, EOFError, ...

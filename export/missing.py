@@ -38,11 +38,25 @@ class MissingStringsError(Exception):
 
 def for_empty_strings(pipeline: BaseEstimator, frame: pd.DataFrame) -> tuple[BaseEstimator, list[str]]:
     """(the pipeline reading '' as its missing strings, the steps changed for it); `pipeline` itself when
-    no step reads NaN in strings. `frame` is prepared ('' for missing strings)."""
-    adapted = copy.deepcopy(pipeline)
-    changed = [path for path, step in _fitted_steps("", adapted) if _read_empty_strings(step)]
+    no step reads NaN in strings, or when it was fitted on '' already. `frame` is prepared ('' for missing
+    strings). Raises MissingStringsError when a step's NaN cannot be read as '', or the copy answers otherwise."""
+    steps = list(_fitted_steps("", pipeline))
+    if any(_fitted_on_empty_strings(step) for _, step in steps):
+        return pipeline, []  # like tabserve's own pipelines: '' is what it saw, and what it will get
+    for path, step in steps:
+        if isinstance(step, OrdinalEncoder) and any(_holds_nan(categories) for categories in step.categories_):
+            raise MissingStringsError(
+                f"step {path!r} (OrdinalEncoder) learned NaN as a category and encodes it as "
+                f"{step.encoded_missing_value!r}, which skl2onnx does not convert: a missing value would be scored "
+                "as another; impute the strings before it (SimpleImputer(strategy='constant', fill_value='missing'))"
+            )
+    changed = [path for path, step in steps if _reads_nan_strings(step)]
     if not changed:
         return pipeline, []
+    adapted = copy.deepcopy(pipeline)
+    for path, step in _fitted_steps("", adapted):
+        if path in changed:
+            _read_empty_strings(step)
     rows = _with_each_string_missing(frame.head(MAX_CHECK_ROWS))
     as_fitted = rows.copy()
     strings = [name for name in rows.columns if column_kind(rows[name]) == "categorical"]
@@ -50,8 +64,16 @@ def for_empty_strings(pipeline: BaseEstimator, frame: pd.DataFrame) -> tuple[Bas
     for method in ("predict", "predict_proba", "decision_function", "transform"):
         if not hasattr(pipeline, method):
             continue
-        theirs, ours = getattr(pipeline, method)(as_fitted), getattr(adapted, method)(rows)
-        if not np.array_equal(np.asarray(theirs), np.asarray(ours)):
+        try:
+            theirs, ours = getattr(pipeline, method)(as_fitted), getattr(adapted, method)(rows)
+            same = np.array_equal(np.asarray(theirs), np.asarray(ours))
+        except Exception as exc:  # the copy (or the original, on NaN) fails where the other does not
+            raise MissingStringsError(
+                f"the pipeline reads missing strings as NaN ({', '.join(changed)}), and its copy reading them as "
+                f"'' cannot be checked against it ({method}: {type(exc).__name__}: {exc}); fill missing strings "
+                "with '' before fitting"
+            ) from exc
+        if not same:
             raise MissingStringsError(
                 f"the pipeline reads missing strings as NaN ({', '.join(changed)}), and its copy reading them as "
                 f"'' (tabserve's missing string) answers differently in {method}: impute strings before any other "
@@ -60,25 +82,48 @@ def for_empty_strings(pipeline: BaseEstimator, frame: pd.DataFrame) -> tuple[Bas
     return adapted, changed
 
 
-def _read_empty_strings(step: Any) -> bool:
-    """Make a fitted step that looks for NaN in strings look for '' instead; whether it did."""
-    if isinstance(step, SimpleImputer):
-        if not is_scalar_nan(step.missing_values) or getattr(step, "statistics_", np.array([])).dtype != object:
-            return False
-        step.missing_values = ""
-        if getattr(step, "indicator_", None) is not None:
-            step.indicator_.missing_values = ""
-        return True
+def _fitted_on_empty_strings(step: Any) -> bool:
+    """Whether a fitted step saw '' as a value: an encoder with '' among its categories (and no NaN), an
+    imputer that found '' most frequent. Such a pipeline was fitted on '' for missing: it is left as it is."""
     if isinstance(step, OneHotEncoder | OrdinalEncoder):
-        found = False
-        for index, categories in enumerate(step.categories_):
-            if categories.dtype == object and any(is_scalar_nan(value) for value in categories):
-                if "" in categories.tolist():  # '' is a category already: NaN cannot become it
-                    continue
-                step.categories_[index] = np.array(["" if is_scalar_nan(v) else v for v in categories], dtype=object)
-                found = True
-        return found
+        return any(
+            categories.dtype == object and "" in categories.tolist() and not _holds_nan(categories)
+            for categories in step.categories_
+        )
+    if isinstance(step, SimpleImputer):
+        return "" in getattr(step, "statistics_", np.array([])).tolist()
     return False
+
+
+def _reads_nan_strings(step: Any) -> bool:
+    """A fitted step that looks for NaN in strings, and that `_read_empty_strings` can make look for ''."""
+    if isinstance(step, SimpleImputer):
+        statistics = getattr(step, "statistics_", np.array([])).tolist()
+        # Strings only (an imputer over numbers and strings at once must keep NaN), and no indicator (which
+        # skl2onnx does not convert for strings: left for its refusal).
+        return (
+            is_scalar_nan(step.missing_values)
+            and bool(statistics)
+            and all(isinstance(value, str) for value in statistics)
+            and not getattr(step, "add_indicator", False)
+        )
+    if isinstance(step, OneHotEncoder):
+        return any(_holds_nan(categories) and "" not in categories.tolist() for categories in step.categories_)
+    return False
+
+
+def _read_empty_strings(step: Any) -> None:
+    """Make a step `_reads_nan_strings` found look for '' where it looked for NaN."""
+    if isinstance(step, SimpleImputer):
+        step.missing_values = ""
+        return
+    for index, categories in enumerate(step.categories_):
+        if _holds_nan(categories) and "" not in categories.tolist():
+            step.categories_[index] = np.array(["" if is_scalar_nan(v) else v for v in categories], dtype=object)
+
+
+def _holds_nan(categories: Any) -> bool:
+    return bool(categories.dtype == object and any(is_scalar_nan(value) for value in categories))
 
 
 def _fitted_steps(prefix: str, estimator: Any) -> Iterator[tuple[str, Any]]:

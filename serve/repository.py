@@ -72,7 +72,7 @@ def _monitored(model: Model, quality: QualityMonitor) -> Callable[[Feed], Feed]:
         if model.taps and len(feed[first]) >= TAPPED_ROWS:
             outputs, tapped = model.run_tapped(feed)
         else:
-            outputs = tapped = model.run(feed)
+            outputs = tapped = model.score(feed)
         quality.record(feed, tapped, len(outputs[watched]))
         return outputs
 
@@ -104,7 +104,7 @@ class ModelRepository:
             model_metrics.batch(batch)
 
         quality: QualityMonitor | None = None
-        run: Callable[[Feed], Feed] = model.run
+        run: Callable[[Feed], Feed] = model.score
         if settings.quality_monitoring:
             # Each worker keeps its share of the window: a scrape adds the workers' windows (serve/drift.py).
             window = max(1, settings.quality_window_rows // settings.workers)

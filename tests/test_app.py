@@ -428,3 +428,7 @@ def test_a_nan_answer_is_the_callers_400_not_a_200_with_a_made_up_label(tmp_path
                           "outside what the model computes"  # fmt: skip
         v2 = client.post("/v2/models/logs/infer", json={"inputs": [v2_tensor("x", [-5.0])]})
         assert "its output 'variable' is NaN" in error_of(v2, 400)
+        many = client.post("/v2/models/logs/infer", json={"inputs": [v2_tensor("x", [1.0] * 99 + [-5.0])]})
+        assert "its output 'variable' is NaN" in error_of(many, 400), "over 64 values numpy looks"
+        infinite = client.post("/v2/models/logs/infer", json={"inputs": [v2_tensor("x", [-1.0] * 100)]})
+        assert "its output 'variable' is infinite" in error_of(infinite, 400)
