@@ -68,9 +68,10 @@ def for_empty_strings(pipeline: BaseEstimator, frame: pd.DataFrame) -> tuple[Bas
             theirs, ours = getattr(pipeline, method)(as_fitted), getattr(adapted, method)(rows)
             same = np.array_equal(np.asarray(theirs), np.asarray(ours))
         except Exception as exc:  # the copy (or the original, on NaN) fails where the other does not
+            cause = (str(exc).strip().splitlines() or [""])[0]
             raise MissingStringsError(
                 f"the pipeline reads missing strings as NaN ({', '.join(changed)}), and its copy reading them as "
-                f"'' cannot be checked against it ({method}: {type(exc).__name__}: {exc}); fill missing strings "
+                f"'' cannot be checked against it ({method}: {type(exc).__name__}: {cause}); fill missing strings "
                 "with '' before fitting"
             ) from exc
         if not same:

@@ -397,3 +397,20 @@ def test_a_rare_class_a_constant_column_and_a_repeated_header_get_notes(tmp_path
     assert "class 'yes' is 2.0% of the rows: a model that never predicts it still scores a high accuracy" in output
     assert "column 'country' holds one value in every row" in output
     assert "column 'amount.1' is a second 'amount' in the header, renamed by pandas" in output
+
+
+def test_a_graph_onnxruntime_cannot_run_is_refused_naming_it_not_a_traceback(tmp_path: Path) -> None:
+    # skl2onnx converts a string imputer's add_indicator into a graph whose Gather reads out of bounds.
+    frame, labels = string_frame()
+    frame["city"] = frame["city"].fillna("")
+    strings = make_pipeline(SimpleImputer(missing_values="", strategy="constant", fill_value="?", add_indicator=True),
+                            OneHotEncoder(handle_unknown="ignore"))  # fmt: skip
+    model = Pipeline([
+        ("pre", ColumnTransformer([("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "income"]),
+                                   ("cat", strings, ["city"])])),
+        ("classify", LogisticRegression(max_iter=1000)),
+    ]).fit(frame, labels)  # fmt: skip
+    code, output = export_segments(model, frame, labels, tmp_path)
+    assert code == 1, output
+    assert "skl2onnx converted the pipeline, but onnxruntime cannot run the graph" in output
+    assert "nothing was published" in output and not (tmp_path / "models").exists()
