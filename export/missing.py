@@ -15,6 +15,7 @@ given and on each of them with each string column missing.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,11 +26,15 @@ from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
-from sklearn.utils._missing import is_scalar_nan
 
 from export.features import column_kind
 
 MAX_CHECK_ROWS = 200
+
+
+def is_scalar_nan(value: Any) -> bool:
+    """NaN as scikit-learn stores a missing value (a float, in object arrays and in missing_values)."""
+    return isinstance(value, float) and math.isnan(value)
 
 
 class MissingStringsError(Exception):
