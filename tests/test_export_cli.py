@@ -233,6 +233,15 @@ def string_frame(rows: int = 300) -> tuple[pd.DataFrame, np.ndarray]:
     return frame, labels
 
 
+def segment_model(strings: Any, frame: pd.DataFrame, labels: np.ndarray) -> Pipeline:
+    """Age and income imputed and scaled, the city through `strings`, then a logistic regression: fitted."""
+    numbers = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
+    return Pipeline([
+        ("pre", ColumnTransformer([("num", numbers, ["age", "income"]), ("cat", strings, ["city"])])),
+        ("classify", LogisticRegression(max_iter=1000)),
+    ]).fit(frame, labels)  # fmt: skip
+
+
 def export_segments(model: Pipeline, frame: pd.DataFrame, labels: np.ndarray, folder: Path) -> tuple[int, str]:
     """`export pipeline` on `model` saved with joblib, its frame (labels as 'segment') the sample."""
     joblib.dump(model, folder / "model.joblib")
@@ -259,11 +268,7 @@ def test_a_pipeline_fitted_on_nan_strings_answers_a_missing_string_as_scikit_lea
     tmp_path: Path, categories: Any
 ) -> None:
     frame, labels = string_frame()
-    numbers = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
-    model = Pipeline([
-        ("pre", ColumnTransformer([("num", numbers, ["age", "income"]), ("cat", categories(), ["city"])])),
-        ("classify", LogisticRegression(max_iter=1000)),
-    ]).fit(frame, labels)  # fmt: skip
+    model = segment_model(categories(), frame, labels)
     code, output = export_segments(model, frame, labels, tmp_path)
     assert code == 0, output
     assert "missing strings read as '' (tabserve's), not NaN" in output
@@ -285,11 +290,7 @@ def test_an_ordinal_encoder_that_learned_nan_is_refused_naming_it(tmp_path: Path
     # skl2onnx ignores encoded_missing_value: a missing city would be scored as another category.
     frame, labels = string_frame()
     encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-2)
-    model = Pipeline([
-        ("pre", ColumnTransformer([("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "income"]),
-                                   ("cat", encoder, ["city"])])),
-        ("classify", LogisticRegression(max_iter=1000)),
-    ]).fit(frame, labels)  # fmt: skip
+    model = segment_model(encoder, frame, labels)
     code, output = export_segments(model, frame, labels, tmp_path)
     assert code == 1, output
     assert "step 'pre/cat' (OrdinalEncoder) learned NaN as a category and encodes it as -2" in output
@@ -306,11 +307,7 @@ def test_a_pipeline_fitted_on_empty_strings_is_left_as_it_is(tmp_path: Path, imp
     strings = OneHotEncoder(handle_unknown="ignore")
     if imputed:
         strings = make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"), strings)
-    model = Pipeline([
-        ("pre", ColumnTransformer([("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "income"]),
-                                   ("cat", strings, ["city"])])),
-        ("classify", LogisticRegression(max_iter=1000)),
-    ]).fit(frame, labels)  # fmt: skip
+    model = segment_model(strings, frame, labels)
     code, output = export_segments(model, frame, labels, tmp_path)
     assert "missing strings read as ''" not in output
     if imputed:
@@ -355,9 +352,7 @@ def test_a_model_file_that_is_not_a_fitted_estimator_is_a_usage_error_naming_it(
                               "--name", name, "--out", str(tmp_path / "models"))  # fmt: skip
         assert code == 2 and message in output, output  # 2: a usage error (an exception would exit 1)
     # A classifier asked to score a numeric column: named, on --target.
-    numbers = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
-    model = Pipeline([("pre", ColumnTransformer([("num", numbers, ["age", "income"])])),
-                      ("classify", LogisticRegression())]).fit(frame, labels)  # fmt: skip
+    model = segment_model(OneHotEncoder(handle_unknown="ignore"), frame, labels)
     joblib.dump(model, tmp_path / "model.joblib")
     frame.assign(price=np.arange(60) * 1.5).to_csv(tmp_path / "priced.csv", index=False)
     code, output = invoke("pipeline", str(tmp_path / "model.joblib"), "--sample", str(tmp_path / "priced.csv"),
@@ -405,11 +400,7 @@ def test_a_graph_onnxruntime_cannot_run_is_refused_naming_it_not_a_traceback(tmp
     frame["city"] = frame["city"].fillna("")
     strings = make_pipeline(SimpleImputer(missing_values="", strategy="constant", fill_value="?", add_indicator=True),
                             OneHotEncoder(handle_unknown="ignore"))  # fmt: skip
-    model = Pipeline([
-        ("pre", ColumnTransformer([("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "income"]),
-                                   ("cat", strings, ["city"])])),
-        ("classify", LogisticRegression(max_iter=1000)),
-    ]).fit(frame, labels)  # fmt: skip
+    model = segment_model(strings, frame, labels)
     code, output = export_segments(model, frame, labels, tmp_path)
     assert code == 1, output
     assert "skl2onnx converted the pipeline, but onnxruntime cannot run the graph" in output
