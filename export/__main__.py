@@ -15,6 +15,7 @@ from export.convert import UnconvertibleStepError
 from export.missing import MissingStringsError, for_empty_strings
 from export.options import BACKGROUND_OPTION, OUT_OPTION, column_options, tolerance_options
 from export.parity import ParityError, Tolerance
+from export.saved import SavedModelError, load_fitted
 from export.table import ColumnChoices, TableError
 from export.training import ESTIMATORS
 
@@ -182,7 +183,10 @@ def pipeline(
     from export.table import read_sample_table
 
     progress = Progress()
-    fitted = _load_estimator(model)
+    try:
+        fitted = load_fitted(model)
+    except SavedModelError as exc:
+        raise click.BadParameter(str(exc), param_hint="MODEL") from exc
     task: Task = "classification" if is_classifier(fitted) else "regression"
     fitted_columns = getattr(fitted, "feature_names_in_", None)
     expected = None if fitted_columns is None else [str(name) for name in fitted_columns]
@@ -226,42 +230,6 @@ def pipeline(
             progress=progress,
         )
     _summarise(published)
-
-
-def _load_estimator(path: Path) -> Any:
-    """A fitted scikit-learn estimator from a joblib file; a usage error naming the file otherwise."""
-    import joblib
-    from sklearn.base import BaseEstimator
-    from sklearn.exceptions import NotFittedError
-    from sklearn.utils.validation import check_is_fitted
-
-    try:
-        loaded = joblib.load(path)
-    except ModuleNotFoundError as exc:  # a custom step whose module is not importable here
-        raise click.BadParameter(
-            f"{path} needs module {exc.name!r}, which this Python cannot import: install it, or put it on PYTHONPATH",
-            param_hint="MODEL",
-        ) from exc
-    except AttributeError as exc:  # "Can't get attribute 'Double' on <module '__main__'>"
-        raise click.BadParameter(
-            f"{path} needs a class this Python cannot find ({exc}): define custom steps in a module that is "
-            "importable here, not in a notebook or the script that saved the pipeline",
-            param_hint="MODEL",
-        ) from exc
-    except Exception as exc:  # joblib raises whatever unpickling garbage raises: KeyError, EOFError, ...
-        raise click.BadParameter(
-            f"{path} is not a joblib file ({type(exc).__name__}: {exc})", param_hint="MODEL"
-        ) from exc
-    if not isinstance(loaded, BaseEstimator) or not hasattr(loaded, "predict"):
-        raise click.BadParameter(
-            f"{path} holds a {type(loaded).__name__}, not a scikit-learn estimator or pipeline with predict",
-            param_hint="MODEL",
-        )
-    try:
-        check_is_fitted(loaded)
-    except NotFittedError as exc:
-        raise click.BadParameter(f"{path} holds an estimator that was never fitted", param_hint="MODEL") from exc
-    return loaded
 
 
 @contextlib.contextmanager

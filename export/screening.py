@@ -3,12 +3,14 @@ dates, numbers mixed with text.
 
 Each check answers why (a reason or the advice a refusal gives), or None; export/table.py decides
 what to do with it (leave the column out, refuse it) and never asks about a column the user typed.
-The target gets one check too: losing a class, or most of the file, to rows read as missing.
+The target gets one check too: losing a class, or most of the file, to rows read as missing. Notes
+say, without changing anything, what a user may want to change: a task, a rare class, a column.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +38,10 @@ MAX_TARGET_LOSS = 0.5
 NOTICEABLE_TARGET_LOSS = 0.1
 MAX_QUOTED = 3
 """Example values quoted in a message."""
+FEW_CLASSES = 10
+"""A whole-number target with at most this many values reads like classes: said, not decided, on auto."""
+RARE_CLASS = 0.05
+"""A class under this share of the rows gets a note: accuracy hides a model that never predicts it."""
 
 
 def row_index_reason(column: pd.Series, counting: bool) -> str | None:
@@ -136,3 +142,39 @@ def target_loss_refusal(labels: pd.Series, target: str, without: dict[str, int],
 def describe_markers(without: dict[str, int]) -> str:
     """{"": 3, "NA": 2} -> "empty: 3, 'NA': 2": how the missing targets were written."""
     return ", ".join(f"{'empty' if token == '' else repr(token)}: {count}" for token, count in without.items())
+
+
+def notes(frame: pd.DataFrame, labels: pd.Series, target: str, task: str, chosen_by_user: bool) -> list[str]:
+    """What to say, changing nothing: a few whole numbers learned as a regression (on auto), a class too rare
+    for accuracy to notice a model that never predicts it, a column with one value, a header pandas renamed."""
+    said = []
+    if task == "regression":
+        values = pd.to_numeric(labels, errors="coerce").dropna()
+        if not chosen_by_user and len(values) and (values == values.round()).all() and values.nunique() <= FEW_CLASSES:
+            said.append(f"target {target!r} has {values.nunique()} whole-number values and is learned as a "
+                        "regression; --task classification learns them as classes")  # fmt: skip
+    else:
+        shares = labels.value_counts(normalize=True)
+        if shares.iloc[-1] < RARE_CLASS:
+            said.append(f"class {shares.index[-1]!r} is {shares.iloc[-1]:.1%} of the rows: a model that never "
+                        "predicts it still scores a high accuracy; read f1_macro in the card")  # fmt: skip
+    for name in frame.columns:
+        if frame[name].nunique(dropna=False) <= 1:
+            said.append(
+                f"column {name!r} holds one value in every row: it cannot inform the model (--drop leaves it out)"
+            )
+        base, dot, number = str(name).rpartition(".")
+        if dot and number.isdigit() and base in frame.columns:
+            said.append(
+                f"column {name!r} is a second {base!r} in the header, renamed by pandas: rename one in the file"
+            )
+    return said
+
+
+def not_in(name: str, path: Path, columns: list[str]) -> str:
+    """A column named that the file lacks; a file read as one column whose name holds the others is not
+    comma-separated, which is said."""
+    message = f"column {name!r} is not in {path} (columns: {columns})"
+    if len(columns) == 1 and any(mark in columns[0] for mark in ";\t|"):
+        message += "; the file reads as one column: tabserve reads comma-separated files, so convert it first"
+    return message

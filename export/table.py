@@ -16,6 +16,7 @@ from typing import Any, cast
 import pandas as pd
 
 from contract import Kind, Task
+from export import screening
 from export.features import column_kind, prepare_frame
 from export.screening import (
     MAX_QUOTED,
@@ -78,12 +79,6 @@ def split_na_values(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(token for token in tokens if token))
 
 
-FEW_CLASSES = 10
-"""A whole-number target with at most this many values reads like classes: said, not decided, on auto."""
-RARE_CLASS = 0.05
-"""A class under this share of the rows gets a note: accuracy hides a model that never predicts it."""
-
-
 def read_training_table(
     path: Path, target: str, choices: ColumnChoices, task: Task | None, note: Callable[[str], None]
 ) -> tuple[Table, pd.Series]:
@@ -106,24 +101,11 @@ def read_training_table(
         raise TableError(f"no columns are left to learn from: besides the target {target!r}, all were left out")
     frame, labels, without = _drop_missing_target(path, columns, frame, labels, target, choices, note)
     chosen = task or infer_task(labels)
-    if task is None and chosen == "regression":
-        values = pd.to_numeric(labels, errors="coerce").dropna()
-        if len(values) and (values == values.round()).all() and values.nunique() <= FEW_CLASSES:
-            note(f"target {target!r} has {values.nunique()} whole-number values and is learned as a regression; "
-                 "--task classification learns them as classes")  # fmt: skip
     _refuse(target_loss_refusal(labels, target, without, rows, chosen))
     if chosen == "classification":
         labels = _class_labels(labels)
-        shares = labels.value_counts(normalize=True)
-        if shares.iloc[-1] < RARE_CLASS:
-            note(f"class {shares.index[-1]!r} is {shares.iloc[-1]:.1%} of the rows: a model that never predicts it "
-                 "still scores a high accuracy; read f1_macro in the card")  # fmt: skip
-    for name in frame.columns:
-        if frame[name].nunique(dropna=False) <= 1:
-            note(f"column {name!r} holds one value in every row: it cannot inform the model (--drop leaves it out)")
-        base, dot, copy = str(name).rpartition(".")
-        if dot and copy.isdigit() and base in frame.columns:
-            note(f"column {name!r} is a second {base!r} in the header, renamed by pandas: rename one in the file")
+    for said in screening.notes(frame, labels, target, chosen, chosen_by_user=task is not None):
+        note(said)
     prepared = _prepare(frame, choices, judge=True)
     table = Table(prepared, chosen, rows, sum(without.values()), left_out, _typed(choices), choices.na_values)
     return table, labels
@@ -170,11 +152,7 @@ def _check_names(path: Path, choices: ColumnChoices, target: str | None) -> list
     """Every column the user named exists, is named once, and is not the target; returns the header."""
     columns = [str(name) for name in _read(path, choices, header_only=True).columns]
     if target is not None and target not in columns:
-        hint = ""
-        if len(columns) == 1 and any(mark in columns[0] for mark in ";\t|"):
-            # One column whose name holds the others: the file is separated by something else than commas.
-            hint = "; the file reads as one column: tabserve reads comma-separated files, so convert it first"
-        raise TableError(f"column {target!r} is not in {path} (columns: {columns}){hint}", "--target")
+        raise TableError(screening.not_in(target, path, columns), "--target")
     seen: dict[str, str] = {}
     for option, names in (
         ("--drop", choices.drop),
@@ -183,7 +161,7 @@ def _check_names(path: Path, choices: ColumnChoices, target: str | None) -> list
     ):
         for name in names:
             if name not in columns:
-                raise TableError(f"column {name!r} is not in {path} (columns: {columns})", option)
+                raise TableError(screening.not_in(name, path, columns), option)
             if name == target:
                 raise TableError(f"column {name!r} is the --target: {option} chooses among the features", option)
             if name in seen and seen[name] != option:
