@@ -191,8 +191,12 @@ class QualityMonitor:
         return _one_array(runs) if runs else None
 
     def _label_slots(self, tally: Tally, reader: LabelScores, outputs: list[Mapping[str, Any]]) -> npt.NDArray[np.intp]:
-        predictions = _joined([part[self.output] for part in outputs], tally.kind)
-        scores = _one_array([part[reader.scores] for part in outputs])
+        if len(outputs) == 1 and outputs[0][self.output].dtype == object:
+            # A tapped batch's own labels at `record`, already text: no joining (~1 us of a ~4 us read, in process).
+            predictions, scores = outputs[0][self.output], outputs[0][reader.scores]
+        else:
+            predictions = _joined([part[self.output] for part in outputs], tally.kind)
+            scores = _one_array([part[reader.scores] for part in outputs])
         return reader.slots(predictions, scores, tally.slot_of.__getitem__)
 
     def publish(self) -> None:

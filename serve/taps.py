@@ -152,7 +152,8 @@ class LabelScores:
         self, labels: npt.NDArray[Any], scores: npt.NDArray[Any], by_value: Callable[[Any], int]
     ) -> npt.NDArray[np.intp]:
         slot: npt.NDArray[np.intp] = scores.reshape(len(labels), -1).argmax(axis=1)
-        unconfirmed = np.flatnonzero(self.classes[slot] != labels.reshape(-1))
-        if len(unconfirmed):
+        differs = self.classes[slot] != labels.reshape(-1)
+        if differs.any():  # rare (a tie broken the other way): any() is half of flatnonzero's ~1 us a batch
+            unconfirmed = np.flatnonzero(differs)
             slot[unconfirmed] = [by_value(label) for label in labels.reshape(-1)[unconfirmed].tolist()]
         return slot
