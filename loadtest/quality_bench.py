@@ -1,15 +1,22 @@
 """What input monitoring costs: tabserve with it against tabserve without, side by side, with an A/A twin.
 
-The bench's method (loadtest/bench.py): every server on core 0, one wrk each from core 1, two servers
-loaded at the same time for `duration_s`, compared by rows per CPU second of their threads. "on / off"
-is monitoring's cost; "on / twin" (both on) is how far from 1 two identical servers land in the same
-duel, the noise any on / off ratio carries. Fresh processes every repetition; who starts first rotates.
+The bench's method (loadtest/bench.py): every server on core 0, one wrk each from core 1, servers loaded
+at the same time for `duration_s`, compared by rows per CPU second of their threads. All three servers
+(on, off, and "twin", a second one with monitoring on) are loaded together in every duel, so each is
+treated alike: "on / off" is the two monitored servers' geometric mean against the unmonitored one,
+monitoring's cost; "on / twin" is how far from 1 two identical servers land in the same duel, the noise
+any on / off ratio carries. Fresh processes every repetition; the order they start and are loaded in
+rotates.
+
+Duels of two, "on" against "off" and then against "twin", measured a bias instead: "on" was loaded
+twice as long as either, and with all three servers identical it scored 0.990 against "off" and 0.988
+against "twin" (64 of 72 duels under 1, 2026-12-06), a point and more of cost that was not monitoring.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,10 +46,11 @@ def servers(model_dir: Path, rep: int) -> Iterator[dict[str, tuple[str, int]]]:
 
 
 def run(model_dir: Path, example: str, connections: int, reps: int, duration_s: int, rounds: int = 1) -> dict[str, Any]:
-    """`reps` fresh sets of servers, `rounds` duels each per payload and rival. One set reused for 16-30
-    duels drifted to 0.943-0.953 where fresh ones gave 0.962-0.965 (2026-12-06): a pair of processes
-    carries a bias of its own, so more fresh pairs beat longer ones; a few rounds each tighten the median
-    (6 pairs x 3 rounds x 3 s: an identical pair measured 0.999, quartiles within 1 %)."""
+    """`reps` fresh sets of servers, `rounds` three-way duels each per payload. One set reused for 16-30
+    duels drifted to 0.943-0.953 where fresh ones gave 0.962-0.965 (2026-12-06): a set of processes
+    carries a bias of its own, so more fresh sets beat longer ones; a few rounds each tighten the median.
+
+    ratios[payload]["off"] holds each duel's on / off, ratios[payload]["twin"] its on / twin."""
     wrk = find_wrk()
     ratios: dict[str, dict[str, list[float]]] = {payload: {"off": [], "twin": []} for payload in PAYLOADS}
     bodies: dict[str, list[Any]] | None = None
@@ -53,17 +61,24 @@ def run(model_dir: Path, example: str, connections: int, reps: int, duration_s: 
             pids = [pid for _, pid in started.values()]
             for payload in PAYLOADS:
                 rows = 1 if payload.startswith("1-") else 100
-                for _, other in itertools.product(range(rounds), rotated(["off", "twin"], rep)):
+                for duel in range(rounds):
                     wait_idle(pids)
-                    mine, theirs = measure(wrk, [started["on"], started[other]], bodies[payload], connections, rows,
-                                           duration_s)  # fmt: skip
-                    ratio = mine.rows_per_thread_cpu_second / theirs.rows_per_thread_cpu_second
-                    ratios[payload][other].append(ratio)
-                    print(f"rep {rep + 1} {payload:>12} c={connections} on | {other:<4} {mine.requests_per_s:7.0f} | "
-                          f"{theirs.requests_per_s:7.0f} req/s, {ratio:.3f} per CPU-s, "
-                          f"errors {mine.errors + theirs.errors}", flush=True)  # fmt: skip
+                    names = rotated(list(VARIANTS), rep + duel)
+                    found = measure(wrk, [started[name] for name in names], bodies[payload], connections, rows,
+                                    duration_s)  # fmt: skip
+                    per_cpu = {name: each.rows_per_thread_cpu_second for name, each in zip(names, found, strict=True)}
+                    on_off = math.sqrt(per_cpu["on"] * per_cpu["twin"]) / per_cpu["off"]
+                    on_twin = per_cpu["on"] / per_cpu["twin"]
+                    ratios[payload]["off"].append(on_off)
+                    ratios[payload]["twin"].append(on_twin)
+                    served = " | ".join(
+                        f"{name} {each.requests_per_s:5.0f}" for name, each in zip(names, found, strict=True)
+                    )
+                    print(f"rep {rep + 1} {payload:>12} c={connections} {served} req/s; on / off {on_off:.3f}, "
+                          f"on / twin {on_twin:.3f} per CPU-s, errors {sum(each.errors for each in found)}",
+                          flush=True)  # fmt: skip
     return {"example": example, "connections": connections, "reps": reps, "rounds": rounds, "duration_s": duration_s,
-            "ratios": ratios}  # fmt: skip
+            "method": "three-way", "ratios": ratios}  # fmt: skip
 
 
 def judged(report: dict[str, Any]) -> list[Judgement]:
