@@ -62,14 +62,20 @@ class QualityMonitor:
         """Told to export what was counted (to the metrics): by `publish`, on reads (and each second with workers)."""
         self._tap_marker: str | None = None
         """A tap's tensor: a batch whose outputs have it has every tap's (Model.run_tapped) and is counted off them."""
-        self._label_outputs: set[str] = set()
-        """The outputs a tapped batch lets go of once its labels are read (serve/taps.py's LabelScores)."""
-        self._pending: list[_Batch | list[Any]] = []
-        """Recorded batches in order: a `_Batch`, or a one-row batch's values (its inputs', then its prediction's)."""
+        self._pending: list[_Batch | _Tapped | list[Any]] = []
+        """Recorded batches in order: a `_Tapped`, a `_Batch`, or a one-row batch's values (its inputs', then its
+        prediction's)."""
         self._pending_rows = 0
         self._names = [tally.name for tally in self.inputs]
         self._row_dtypes: list[np.dtype[Any]] | None = None
         """The one-row values' dtypes (the model's, fixed for its version): the arrays they are counted from."""
+        self._readers: dict[type, Callable[[Any], _RunSlots]] = {
+            list: self._row_slots,
+            _Tapped: self._tapped_slots,
+            _Batch: self._batch_slots,
+        }
+        """Each kind of pending batch's reader, for the flush."""
+        self._lay_out_tapped()
         self._lock = threading.Lock()
 
     def read_off(self, taps: Mapping[str, CategoryTap], scores: str | None) -> None:
@@ -82,54 +88,101 @@ class QualityMonitor:
         self._tap_marker = next((tap.one_hot for tap in self.taps.values()), None)
         if scores is not None and self.prediction is not None and self.prediction.kind == "categorical":
             self.label_scores = LabelScores(scores, np.array(self.prediction.categories, dtype=object))
-            self._label_outputs = {self.output, scores}
+        self._lay_out_tapped()
+
+    def _lay_out_tapped(self) -> None:
+        """What a tapped batch keeps (`_Tapped`), and where each input's columns are in it."""
+        untapped = [tally.name for tally in self.inputs if tally.name not in self.taps]
+        tensors = [tensor for tap in self.taps.values() for tensor in (tap.one_hot, tap.missing)]
+        self._untapped_columns = _getter(untapped)
+        self._tap_columns = _getter(tensors)
+        self._column_at = [len(untapped) + tensors.index(tap.one_hot) if (tap := self.taps.get(tally.name))
+                           else untapped.index(tally.name) for tally in self.inputs]  # fmt: skip
+        """Per input, its column in a `_Tapped` (a tapped input's one-hot, its missing flags next)."""
 
     def record(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any], rows: int) -> None:
         """A scored batch (or a cached answer): its input columns and its outputs (tapped ones too), counted later."""
         if rows == 1 and self._record_row(inputs, outputs):
             return
-        prediction = None
+        batch: _Batch | _Tapped
         if self._tap_marker is not None and self._tap_marker in outputs:
-            # Counted off the taps: the batch's strings are let go now, while warm, not at the flush.
-            inputs = {name: column for name, column in inputs.items() if name not in self.taps}
+            # Counted off the taps: only the columns counting reads are kept, as one tuple taken in C (a dict
+            # per batch cost two comprehensions here and a lookup per batch and column at the flush).
             if self.label_scores is not None and self.prediction is not None:
-                # The labels too are read now, off the scores, and both let go: held until the flush (~90
-                # batches at 64 one-row connections), a new string per label and the scores' onnxruntime
-                # memory cost the hot path more than the few numpy calls a batch of reading them here.
-                # One-row requests, on / off: 0.962 and 0.965 -> 0.970 and 0.969 (medians of 18 side-by-side
-                # pairs each); 100-row ones did not move (0.970-0.979 -> 0.971, 0.975).
-                prediction = self._label_slots(self.prediction, self.label_scores, [outputs])
-                outputs = {name: value for name, value in outputs.items() if name not in self._label_outputs}
+                # The labels are read now, off the scores: held until the flush (~90 batches at 64 one-row
+                # connections), a new string per label and the scores' onnxruntime memory cost the hot path
+                # more than the few numpy calls a batch of reading them here. One-row requests, on / off:
+                # 0.962 and 0.965 -> 0.970 and 0.969 (medians of 18 side-by-side pairs each); 100-row ones
+                # did not move (0.970-0.979 -> 0.971, 0.975).
+                labels = outputs[self.output]
+                if labels.dtype != object:  # an integer classifier's: matched as text
+                    labels = _joined([labels], "categorical")
+                prediction = self.label_scores.slots(labels, outputs[self.label_scores.scores], self.prediction.slot_of)
+            else:
+                prediction = outputs[self.output]
+            batch = _Tapped((*self._untapped_columns(inputs), *self._tap_columns(outputs), prediction))
+        else:
+            batch = _Batch(inputs, outputs)
         with self._lock:
-            self._pending.append(_Batch(inputs, outputs, prediction))
+            self._pending.append(batch)
             self._pending_rows += rows
             full = self._pending_rows >= FLUSH_ROWS or len(self._pending) >= FLUSH_BATCHES
         if full:
             self.flush()
 
     def flush(self) -> None:
-        """Count what is pending: one numpy pass per column over every pending batch together."""
+        """Count what is pending: one numpy pass per column over each run of pending batches of one kind."""
         with self._lock:
             pending, self._pending, self._pending_rows = self._pending, [], 0
             if not pending:
                 return
-            runs = [list(run) for _, run in itertools.groupby(pending, key=type)]
-            for index, tally in enumerate(self.inputs):
-                tally.add(_one_array([self._input_slots(tally, index, run) for run in runs]))
-            if self.prediction is not None:
-                found = [slots for run in runs
-                         if (slots := self._prediction_slots(self.prediction, run)) is not None]  # fmt: skip
-                if found:
-                    self.prediction.add(_one_array(found))
+            found: list[list[npt.NDArray[Any]]] = [[] for _ in self.inputs]
+            predicted: list[npt.NDArray[Any]] = []
+            for kind, part in itertools.groupby(pending, key=type):
+                inputs, prediction = self._readers[kind](list(part))
+                for slots, each in zip(found, inputs, strict=True):
+                    slots.append(each)
+                if prediction is not None:
+                    predicted.append(prediction)
+            for tally, slots in zip(self.inputs, found, strict=True):
+                tally.add(_one_array(slots))
+            if self.prediction is not None and predicted:
+                self.prediction.add(_one_array(predicted))
 
-    def _input_slots(self, tally: Tally, index: int, run: list[Any]) -> npt.NDArray[Any]:
-        """An input's slots over a run of one-row values or of batches (off their taps where they have them)."""
-        if type(run[0]) is list:
-            return tally.slots(self._row_column(run, index, tally.kind))
-        tap = self.taps.get(tally.name)
-        if tap is None:
-            return tally.slots(_joined([batch.inputs[tally.name] for batch in run], tally.kind))
-        return _tapped_slots(tally, tap, run)
+    def _row_slots(self, rows: list[list[Any]]) -> _RunSlots:
+        """A run of one-row batches' values: each column rebuilt as an array (`_row_column`), then its slots."""
+        inputs = [tally.slots(self._row_column(rows, index, tally.kind)) for index, tally in enumerate(self.inputs)]
+        if self.prediction is None:
+            return inputs, None
+        return inputs, self.prediction.slots(self._row_column(rows, -1, self.prediction.kind))
+
+    def _tapped_slots(self, run: list[_Tapped]) -> _RunSlots:
+        """A run of tapped batches: their columns joined by one transposition, the tapped inputs read off their
+        taps, the label's slots as `record` read them."""
+        columns = list(zip(*run, strict=True))
+        inputs = []
+        for tally, at in zip(self.inputs, self._column_at, strict=True):
+            tap = self.taps.get(tally.name)
+            # The batcher's arrays, of one layout: joined without `_joined`'s checks (~10 us a column per flush
+            # of ~90 batches); `slots` takes any dtype.
+            inputs.append(tally.slots(np.concatenate(columns[at])) if tap is None
+                          else tap.slots(columns[at], columns[at + 1]))  # fmt: skip
+        if self.prediction is None:
+            return inputs, None
+        predictions = np.concatenate(columns[-1])
+        return inputs, predictions if self.label_scores is not None else self.prediction.slots(predictions)
+
+    def _batch_slots(self, run: list[_Batch]) -> _RunSlots:
+        """A run of batches kept as they came (under TAPPED_ROWS rows, or a cached answer): counted by value."""
+        inputs = [
+            tally.slots(_joined([batch.inputs[tally.name] for batch in run], tally.kind)) for tally in self.inputs
+        ]
+        outputs = [] if self.prediction is None else [batch.outputs for batch in run if self.output in batch.outputs]
+        if self.prediction is None or not outputs:
+            return inputs, None
+        if self.label_scores is not None:
+            return inputs, self._label_slots(self.prediction, self.label_scores, outputs)
+        return inputs, self.prediction.slots(_joined([part[self.output] for part in outputs], self.prediction.kind))
 
     def _row_column(self, rows: list[list[Any]], index: int, kind: str) -> npt.NDArray[Any]:
         """One column of one-row values as the array their batches had, then as `_joined` gives it.
@@ -170,30 +223,10 @@ class QualityMonitor:
             self.flush()
         return True
 
-    def _prediction_slots(self, tally: Tally, run: list[Any]) -> npt.NDArray[Any] | None:
-        """The predictions' slots over a run: one-row values, or batches' read at `record` or from the outputs
-        they keep; None without any."""
-        if type(run[0]) is list:
-            return tally.slots(self._row_column(run, -1, tally.kind))
-        runs = []
-        for read, part in itertools.groupby(run, key=lambda batch: batch.prediction is not None):
-            batches = list(part)
-            if read:
-                runs.append(_one_array([batch.prediction for batch in batches]))
-                continue
-            outputs = [batch.outputs for batch in batches if self.output in batch.outputs]
-            if not outputs:
-                continue
-            if self.label_scores is not None:
-                runs.append(self._label_slots(tally, self.label_scores, outputs))
-            else:
-                runs.append(tally.slots(_joined([part[self.output] for part in outputs], tally.kind)))
-        return _one_array(runs) if runs else None
-
     def _label_slots(self, tally: Tally, reader: LabelScores, outputs: list[Mapping[str, Any]]) -> npt.NDArray[np.intp]:
         predictions = _joined([part[self.output] for part in outputs], tally.kind)
         scores = _one_array([part[reader.scores] for part in outputs])
-        return reader.slots(predictions, scores, tally.slot_of.__getitem__)
+        return reader.slots(predictions, scores, tally.slot_of)
 
     def publish(self) -> None:
         """Count what is pending and export it: per-flush exports would cost the hot path label lookups."""
@@ -213,28 +246,35 @@ class QualityMonitor:
 
 
 class _Batch(NamedTuple):
-    """A recorded batch until the flush."""
+    """A batch counted by value, as it came, until the flush."""
 
     inputs: Mapping[str, Any]
     outputs: Mapping[str, Any]
-    prediction: npt.NDArray[np.intp] | None
-    """Its predictions' slots, read at `record` (a tapped batch of a classifier), or None."""
+
+
+class _Tapped(tuple[Any, ...]):
+    """A tapped batch until the flush: its untapped inputs, each tapped input's one-hot and missing tensors
+    (in the order of `QualityMonitor.inputs`), then its prediction: the label's slots when read off the
+    scores, else the output."""
+
+    __slots__ = ()
+
+
+_RunSlots = tuple[list[npt.NDArray[Any]], npt.NDArray[Any] | None]
+"""A run's slots: per input, and its predictions' (None without any)."""
+
+
+def _getter(names: list[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """`names`' values in a mapping, as a tuple taken in C (itemgetter gives a lone name's value bare)."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda mapping: (mapping[name],)
+    return operator.itemgetter(*names) if names else lambda mapping: ()
 
 
 def _one_array(parts: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
     """Consecutive parts as one array: a lone part as it is, not copied."""
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _tapped_slots(tally: Tally, tap: InputTap, pending: list[_Batch]) -> npt.NDArray[Any]:
-    """A tapped input's slots, in row order: off the taps where a batch has them, by value where it has
-    not (a cached answer, or a batch under serve/repository.py's TAPPED_ROWS, carries no taps)."""
-    runs = []
-    for tapped, run in itertools.groupby(pending, key=lambda batch: tap.one_hot in batch.outputs):
-        parts = list(run)
-        runs.append(tap.slots([batch.outputs for batch in parts]) if tapped
-                    else tally.slots(_joined([batch.inputs[tally.name] for batch in parts], tally.kind)))  # fmt: skip
-    return _one_array(runs)
 
 
 def _joined(columns: list[Any], kind: str) -> npt.NDArray[Any]:

@@ -19,7 +19,7 @@ unseen one; one that disagrees is not used (logged), and the column is counted f
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,14 +115,14 @@ class InputTap:
         weights = np.array([slot.get(category, unseen) - unseen for category in tap["categories"]], np.float32)
         return cls(tap["one_hot"], tap["missing"], weights, unseen, missing_slot)
 
-    def slots(self, parts: list[Mapping[str, Any]]) -> npt.NDArray[np.intp]:
-        """The slots of every row of `parts` (tapped outputs of consecutive batches), in order."""
+    def slots(self, one_hot: Sequence[npt.NDArray[Any]], missing: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.intp]:
+        """The slots of every row of consecutive batches, from each one's one-hot and missing tensors."""
         # Joined as they come ([rows, ...] either way) and reshaped once: a reshape per part cost ~8 ns a row.
-        one_hot = np.concatenate([part[self.one_hot] for part in parts]).reshape(-1, len(self.weights))
-        missing = np.concatenate([part[self.missing] for part in parts]).reshape(-1)
-        slot = (one_hot @ self.weights).astype(np.intp)
+        hot = np.concatenate(one_hot).reshape(-1, len(self.weights))
+        flags = np.concatenate(missing).reshape(-1)
+        slot = (hot @ self.weights).astype(np.intp)
         slot += self.unseen
-        slot[missing] = self.missing_slot
+        slot[flags] = self.missing_slot
         return slot
 
 
@@ -149,11 +149,11 @@ class LabelScores:
     """str() of the card's classes, in slot order, as objects: the monitor's labels are text."""
 
     def slots(
-        self, labels: npt.NDArray[Any], scores: npt.NDArray[Any], by_value: Callable[[Any], int]
+        self, labels: npt.NDArray[Any], scores: npt.NDArray[Any], by_value: Mapping[Any, int]
     ) -> npt.NDArray[np.intp]:
         slot: npt.NDArray[np.intp] = scores.reshape(len(labels), -1).argmax(axis=1)
         differs = self.classes[slot] != labels.reshape(-1)
-        if differs.any():  # rare (a tie broken the other way): any() is half of flatnonzero's ~1 us a batch
+        if np.count_nonzero(differs):  # rare (a tie broken the other way): ~0.2 us a 47-row batch, any() ~1 us
             unconfirmed = np.flatnonzero(differs)
-            slot[unconfirmed] = [by_value(label) for label in labels.reshape(-1)[unconfirmed].tolist()]
+            slot[unconfirmed] = [by_value[label] for label in labels.reshape(-1)[unconfirmed].tolist()]
         return slot

@@ -112,7 +112,7 @@ def test_a_label_the_top_score_does_not_give_is_counted_by_its_value() -> None:
     scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], dtype=np.float32)
     labels = np.array(["a", "b", "b", "a"], dtype=object)  # a tie broken the other way; a label not the top score
     reader = LabelScores("probabilities", np.array(["a", "b", "c"], dtype=object))
-    assert reader.slots(labels, scores, tally.slot_of.__getitem__).tolist() == [0, 1, 1, 0]
+    assert reader.slots(labels, scores, tally.slot_of).tolist() == [0, 1, 1, 0]
 
 
 @pytest.mark.parametrize("name", ["penguins", "diabetes", "breast-cancer"])
