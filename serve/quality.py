@@ -12,12 +12,11 @@ figures (and each second with several workers, serve/app.py), since a numpy call
 microsecond whatever its size and a one-row batch has a column per input. Categorical inputs and a
 classifier's label are read off the model's own tensors where they can be (serve/taps.py; inputs in
 batches of 32 rows or more), not hashed string by string.
-What it still costs, side by side (penguins; docs/benchmarks.md): at 64 connections about 3 % of
-one-row requests and 2.5-3 % of 100-row ones, at one connection ~3 % (6.8 % before one-row batches
-were kept as values). At 64 connections that is the holding of batches until the flush more than the
-counting: recording a batch and dropping it cost nothing measurable (on / off 1.003), holding batches
-and dropping them uncounted 0.972, the whole 0.962. The largest held part, the labels' strings and
-scores, is now read when a tapped batch is recorded.
+What it still costs, side by side (penguins; docs/benchmarks.md): at 64 connections ~2.5 % of one-row
+and of 100-row requests, at one connection ~3 % (6.8 % before one-row batches were kept as values). At
+64 one-row connections holding batches until the flush once cost more than counting them (holding them
+uncounted 0.972, the whole 0.962); the labels' strings and scores, the largest held part, are read when
+a tapped batch is recorded, and a tapped batch keeps only the columns counting reads (`_Tapped`).
 No HTTP here; serve/drift.py exports the figures.
 """
 
@@ -110,10 +109,8 @@ class QualityMonitor:
             # per batch cost two comprehensions here and a lookup per batch and column at the flush).
             if self.label_scores is not None and self.prediction is not None:
                 # The labels are read now, off the scores: held until the flush (~90 batches at 64 one-row
-                # connections), a new string per label and the scores' onnxruntime memory cost the hot path
-                # more than the few numpy calls a batch of reading them here. One-row requests, on / off:
-                # 0.962 and 0.965 -> 0.970 and 0.969 (medians of 18 side-by-side pairs each); 100-row ones
-                # did not move (0.970-0.979 -> 0.971, 0.975).
+                # connections), a new string per label and the scores' memory cost more than these few numpy
+                # calls. One-row requests, on / off: 0.962, 0.965 -> 0.970, 0.969 (18 side-by-side pairs each).
                 labels = outputs[self.output]
                 if labels.dtype != object:  # an integer classifier's: matched as text
                     labels = _joined([labels], "categorical")
