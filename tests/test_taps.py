@@ -46,7 +46,14 @@ def penguin_batches(model: Model, batches: int, seed: int) -> list[dict[str, Any
     return feeds
 
 
-def test_the_exporter_names_taps_and_the_server_counts_exactly_the_same_off_them(model_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("read", "label_off_scores"),
+    [(["island", "sex"], True), (["island", "sex"], False), (["island"], True)],
+    ids=["label off the scores", "label by value", "sex by value among tapped batches"],
+)
+def test_the_exporter_names_taps_and_the_server_counts_exactly_the_same_off_them(
+    model_dir: Path, read: list[str], label_off_scores: bool
+) -> None:
     model = Model("penguins", 1, model_dir / "penguins" / "1", SessionOptions())
     card = model.card
     assert card["monitoring"] is not None
@@ -56,8 +63,9 @@ def test_the_exporter_names_taps_and_the_server_counts_exactly_the_same_off_them
 
     by_value = QualityMonitor(card, model.input_names, "label", window_rows=300)
     tapped = QualityMonitor(card, model.input_names, "label", window_rows=300)
-    tapped.read_off(model.taps, model.scores)
-    assert sorted(tapped.taps) == ["island", "sex"] and tapped.label_scores is not None
+    # Without the scores (a regressor, or scores that do not give the label) a tapped batch keeps its labels.
+    tapped.read_off({name: model.taps[name] for name in read}, model.scores if label_off_scores else None)
+    assert sorted(tapped.taps) == read and (tapped.label_scores is not None) == label_off_scores
     for index, feed in enumerate(penguin_batches(model, 60, seed=3)):
         outputs, with_taps = model.run_tapped(feed)
         assert outputs.keys() == {"label", "probabilities"}
