@@ -93,6 +93,6 @@ def judged(report: dict[str, Any]) -> list[Judgement]:
 
 def summary(report: dict[str, Any]) -> str:
     shape = f"{report['reps']} x {report.get('rounds', 1)} x {report['duration_s']} s"
-    lines = [f"input monitoring on / off, side by side at {report['connections']} connections "
+    lines = [f"input monitoring on / off, on, off and twin loaded together at {report['connections']} connections "
              f"({shape}, rows per CPU second)", ""]  # fmt: skip
     return "\n".join(lines) + table(judged(report))

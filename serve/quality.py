@@ -62,8 +62,7 @@ class QualityMonitor:
         self._tap_marker: str | None = None
         """A tap's tensor: a batch whose outputs have it has every tap's (Model.run_tapped) and is counted off them."""
         self._pending: list[_Batch | _Tapped | list[Any]] = []
-        """Recorded batches in order: a `_Tapped`, a `_Batch`, or a one-row batch's values (its inputs', then its
-        prediction's)."""
+        """Recorded batches in order: `_Tapped`, `_Batch`, or a one-row batch's values (inputs', then prediction's)."""
         self._pending_rows = 0
         self._names = [tally.name for tally in self.inputs]
         self._row_dtypes: list[np.dtype[Any]] | None = None
@@ -174,8 +173,10 @@ class QualityMonitor:
         inputs = [
             tally.slots(_joined([batch.inputs[tally.name] for batch in run], tally.kind)) for tally in self.inputs
         ]
-        outputs = [] if self.prediction is None else [batch.outputs for batch in run if self.output in batch.outputs]
-        if self.prediction is None or not outputs:
+        if self.prediction is None:
+            return inputs, None
+        outputs = [batch.outputs for batch in run if self.output in batch.outputs]
+        if not outputs:
             return inputs, None
         if self.label_scores is not None:
             return inputs, self._label_slots(self.prediction, self.label_scores, outputs)
